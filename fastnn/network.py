@@ -1,0 +1,453 @@
+"""The ``Network`` class: a thin Python API over the kernels.
+
+In the spirit of Michael Nielsen's ``network.py``::
+
+    net = fastnn.Network([784, 30, 10], seed=0)
+    history = net.SGD(training_data, epochs=10, mini_batch_size=10, eta=3.0,
+                      test_data=test_data)
+
+Data can be given as ``(X, y)`` arrays (``X`` of shape ``(n, sizes[0])``, any
+real dtype, ``uint8`` pixels are scaled to [0, 1]; ``y`` integer labels) or as
+Nielsen-style sequences of ``(x, y)`` pairs (``x`` a column vector, ``y`` a
+label or a one-hot column vector).  Inputs are validated and converted once;
+the kernels never see data they cannot handle.
+"""
+
+import contextlib
+import numbers
+import time
+
+import numba
+import numpy as np
+
+from . import kernels
+from .layout import (COSTS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, activation_offsets,
+                     layer_offsets, unpack)
+
+FORMAT_NAME = "fastnn-network"
+FORMAT_VERSION = 1
+_INITS = ("standard", "scaled")
+_DTYPES = (np.float32, np.float64)
+_PREDICT_BLOCK = 64
+
+
+def _check_choice(name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _positive_real(name, value, allow_zero=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return float(value)
+
+
+@contextlib.contextmanager
+def num_threads(threads):
+    """Run the enclosed code with ``numba.set_num_threads(threads)`` (None: leave as is)."""
+    if threads is None:
+        yield
+        return
+    limit = numba.config.NUMBA_NUM_THREADS
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) \
+            or not 1 <= threads <= limit:
+        raise ValueError(f"threads must be an integer from 1 to {limit}, got {threads!r}")
+    before = numba.get_num_threads()
+    numba.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+class Network:
+    """A fully-connected feed-forward network trained by mini-batch SGD.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Neurons per layer, input first: ``[784, 16, 16, 10]``.  At least two.
+    activation : {'sigmoid', 'relu', 'tanh'}
+        Activation of the hidden layers.
+    output : {'sigmoid', 'softmax'} or None
+        Activation of the output layer; None picks 'softmax' for
+        ``cost='log_loss'`` and 'sigmoid' otherwise.
+    cost : {'quadratic', 'cross_entropy', 'log_loss'}
+        Per-example cost: ``1/2 ||a - y||^2``; ``-sum y ln a + (1-y) ln(1-a)``
+        (sigmoid output only); ``-ln a_label`` (softmax output only).
+    weight_decay : float
+        L2 penalty ``weight_decay/2 * sum(W**2)`` added to the average cost
+        (biases are not penalised).  Nielsen's ``lmbda`` on a training set of
+        ``n`` samples is ``weight_decay = lmbda / n``.
+    init : {'scaled', 'standard'}
+        Weights drawn from N(0, 1/n_in) (default) or N(0, 1) (the classic of
+        Nielsen's network.py, which trains deep sigmoid nets worse); biases from
+        N(0, 1) in both cases.
+    dtype : numpy float32 (default) or float64
+        Working precision of parameters, data and kernels.
+    seed : int or None
+        Seeds initialisation and the shuffling of every later ``SGD`` call.
+
+    Attributes
+    ----------
+    parameters : ndarray
+        All weights and biases, one contiguous vector.
+    weights, biases : lists of ndarray
+        Per-layer views into ``parameters``; ``weights[l]`` has shape
+        ``(sizes[l+1], sizes[l])``.
+    """
+
+    def __init__(self, sizes, activation="sigmoid", output=None, cost="quadratic",
+                 weight_decay=0.0, init="scaled", dtype=np.float32, seed=None):
+        try:
+            sizes = [int(s) for s in sizes] if not isinstance(sizes, (str, bytes)) else None
+        except (TypeError, ValueError):
+            sizes = None
+        if sizes is None or len(sizes) < 2 or min(sizes) < 1:
+            raise ValueError("sizes must be a list of at least two positive layer sizes, "
+                             "input first, e.g. [784, 30, 10]")
+        self.sizes = sizes
+        self.activation = _check_choice("activation", activation, HIDDEN_ACTIVATIONS)
+        if output is None:
+            output = "softmax" if cost == "log_loss" else "sigmoid"
+        self.output = _check_choice("output", output, OUTPUT_ACTIVATIONS)
+        self.cost_name = _check_choice("cost", cost, COSTS)
+        if cost == "log_loss" and output != "softmax":
+            raise ValueError("cost='log_loss' needs output='softmax'")
+        if cost == "cross_entropy" and output != "sigmoid":
+            raise ValueError("cost='cross_entropy' needs output='sigmoid' "
+                             "(use cost='log_loss' with softmax)")
+        self.weight_decay = _positive_real("weight_decay", weight_decay, allow_zero=True)
+        self.init = _check_choice("init", init, _INITS)
+        if np.dtype(dtype) not in [np.dtype(d) for d in _DTYPES]:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.dtype = np.dtype(dtype)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
+        self._offs, n_params = layer_offsets(sizes)
+        self._sizes = np.array(sizes, dtype=np.int64)
+        self._aoff = activation_offsets(sizes)
+        self._codes = (HIDDEN_ACTIVATIONS[self.activation], OUTPUT_ACTIVATIONS[self.output],
+                       COSTS[self.cost_name])
+        self.parameters = np.empty(n_params, dtype=self.dtype)
+        self.weights, self.biases = unpack(self.parameters, sizes)
+        for W, b in zip(self.weights, self.biases):
+            scale = 1.0 if init == "standard" else 1.0 / np.sqrt(W.shape[1])
+            W[...] = self._rng.standard_normal(W.shape) * scale
+            b[...] = self._rng.standard_normal(b.shape)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def num_layers(self):
+        return len(self.sizes)
+
+    @property
+    def n_params(self):
+        return self.parameters.size
+
+    def __repr__(self):
+        return (f"Network({self.sizes}, activation={self.activation!r}, output={self.output!r}, "
+                f"cost={self.cost_name!r}, weight_decay={self.weight_decay}, "
+                f"init={self.init!r}, dtype={self.dtype.name})")
+
+    def views(self, vector):
+        """Per-layer ``(weights, biases)`` views into a flat vector laid out like ``parameters``."""
+        vector = np.asarray(vector)
+        if vector.shape != self.parameters.shape:
+            raise ValueError(f"vector must have shape {self.parameters.shape}, got {vector.shape}")
+        return unpack(vector, self.sizes)
+
+    def _inputs(self, X, name="X"):
+        """Validate ``X`` and return it as a C-contiguous 2-D array of the working dtype.
+
+        Copies only when the dtype or memory order requires it; uint8 pixels are
+        scaled to [0, 1].
+        """
+        try:
+            X = np.asarray(X)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name} must be a numeric array: {e}") from None
+        if X.dtype == bool or not (np.issubdtype(X.dtype, np.integer)
+                                   or np.issubdtype(X.dtype, np.floating)):
+            raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
+        n_in = self.sizes[0]
+        if X.ndim > 2 and int(np.prod(X.shape[1:])) == n_in:
+            X = X.reshape(X.shape[0], n_in)
+        if X.ndim != 2 or X.shape[1] != n_in:
+            raise ValueError(f"{name} must have shape (n_samples, {n_in}), got {X.shape}")
+        if X.shape[0] == 0:
+            raise ValueError(f"{name} is empty: need at least one sample")
+        if X.dtype == np.uint8:
+            out = X.astype(self.dtype)
+            out /= 255
+            return out
+        if np.issubdtype(X.dtype, np.floating) and not np.isfinite(X).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(X, dtype=self.dtype)
+        if not np.isfinite(out).all():
+            raise ValueError(f"{name} has values too large for {self.dtype.name}")
+        return out
+
+    def _labels(self, y, n, name="y"):
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == self.sizes[-1] and y.shape[0] == n:
+            y = self._from_one_hot(y, name)
+        if y.ndim != 1 or y.shape[0] != n:
+            raise ValueError(f"{name} must be a 1-D array of {n} labels, got shape {y.shape}")
+        if np.issubdtype(y.dtype, np.floating):
+            if not np.isfinite(y).all() or (y != np.round(y)).any():
+                raise ValueError(f"{name} must hold integer class labels")
+        elif not np.issubdtype(y.dtype, np.integer) or y.dtype == bool:
+            raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+        y = y.astype(np.int64)
+        k = self.sizes[-1]
+        if y.min() < 0 or y.max() >= k:
+            raise ValueError(f"{name} has labels outside 0..{k - 1} "
+                             f"(min {y.min()}, max {y.max()})")
+        return y
+
+    def _from_one_hot(self, Y, name):
+        Y = np.asarray(Y)
+        if not (((Y == 0) | (Y == 1)).all() and (Y.sum(axis=1) == 1).all()):
+            raise ValueError(f"{name}: target vectors must be one-hot (fastnn trains classifiers)")
+        return Y.argmax(axis=1)
+
+    def _data(self, data, name):
+        """``(X, y)`` from an ``(X, y)`` pair of arrays or a sequence of ``(x, y)`` pairs."""
+        if isinstance(data, (tuple, list)) and len(data) == 2 \
+                and not isinstance(data[0], (tuple, list)):
+            X, y = data
+        else:
+            pairs = list(data) if data is not None else []
+            if not pairs:
+                raise ValueError(f"{name} is empty: need at least one sample")
+            if not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in pairs):
+                raise TypeError(f"{name} must be (X, y) arrays or a sequence of (x, y) pairs")
+            X = np.stack([np.ravel(np.asarray(p[0])) for p in pairs]) if pairs else None
+            ys = [np.asarray(p[1]) for p in pairs]
+            if all(v.size == 1 for v in ys):
+                y = np.array([v.item() for v in ys])
+            else:
+                y = self._from_one_hot(np.stack([np.ravel(v) for v in ys]), name)
+        X = self._inputs(X, name + " inputs")
+        return X, self._labels(y, X.shape[0], name + " labels")
+
+    def _buffers(self, m):
+        """Activation, delta, gradient buffers for mini-batches of up to ``m`` samples."""
+        H = int(sum(self.sizes[1:]))
+        return (np.arange(m, dtype=np.int64), np.empty((m, H), self.dtype),
+                np.empty((m, H), self.dtype),
+                np.empty((kernels.MAX_CHUNKS, self.n_params), self.dtype))
+
+    def _kernel_args(self):
+        hid, out, cost = self._codes
+        return (self.parameters, self._sizes, self._offs, self._aoff, hid, out, cost)
+
+    # ------------------------------------------------------------------ training
+    def SGD(self, training_data, epochs, mini_batch_size, eta, test_data=None, quiet=False,
+            threads=None):
+        """Train by mini-batch stochastic gradient descent.
+
+        Every epoch shuffles the training data (with the network's seeded
+        generator), cuts it into mini-batches of ``mini_batch_size`` (the last
+        one may be smaller) and takes one step
+        ``W <- W - eta * (grad + weight_decay * W)`` per mini-batch, where
+        ``grad`` is the gradient of the mini-batch's average cost.  Each
+        mini-batch sees the parameters after the previous update.
+
+        Prints ``Epoch e: correct / total`` per epoch when ``test_data`` is
+        given (or ``Epoch e complete``), unless ``quiet``.  ``threads`` sets
+        Numba's thread count for the call; results do not depend on it.
+
+        Returns a dict of per-epoch lists: ``epoch``, ``train_cost`` (mean
+        cost of the samples, each measured on its mini-batch just before that
+        mini-batch's update), ``train_accuracy`` (measured the same way),
+        ``test_accuracy`` and ``test_correct`` (None without test data) and
+        ``seconds`` (training time of the epoch, evaluation excluded).
+        """
+        epochs = _positive_int("epochs", epochs)
+        m = _positive_int("mini_batch_size", mini_batch_size)
+        eta = _positive_real("eta", eta)
+        X, y = self._data(training_data, "training_data")
+        test = self._data(test_data, "test_data") if test_data is not None else None
+        n = X.shape[0]
+        m = min(m, n)
+        ident, A, D, G = self._buffers(m)
+        blocks = kernels.update_blocks(self.sizes, self._offs)
+        par_update = self.n_params >= kernels.PARALLEL_UPDATE_MIN
+        stats = np.zeros((kernels.MAX_CHUNKS, 2))
+        history = {k: [] for k in ("epoch", "train_cost", "train_accuracy", "test_accuracy",
+                                   "test_correct", "seconds")}
+        with num_threads(threads):
+            for epoch in range(epochs):
+                perm = self._rng.permutation(n)
+                saved = self.parameters.copy()
+                t0 = time.perf_counter()
+                cost_sum, correct = kernels.train_epoch(
+                    *self._kernel_args(), X, y, perm, m, ident, A, D, G, blocks, par_update,
+                    eta, self.weight_decay, stats)
+                seconds = time.perf_counter() - t0
+                if not np.isfinite(self.parameters).all():
+                    self.parameters[...] = saved
+                    raise FloatingPointError(
+                        f"training diverged in epoch {epoch}: parameters became NaN or infinite "
+                        f"(eta={eta}); the parameters of the previous epoch were restored. "
+                        "Try a smaller eta.")
+                history["epoch"].append(epoch)
+                history["train_cost"].append(cost_sum / n)
+                history["train_accuracy"].append(correct / n)
+                history["seconds"].append(seconds)
+                if test is not None:
+                    k = self._count_correct(*test)
+                    history["test_correct"].append(k)
+                    history["test_accuracy"].append(k / test[0].shape[0])
+                    if not quiet:
+                        print(f"Epoch {epoch}: {k} / {test[0].shape[0]}  ({seconds:.3f} s)",
+                              flush=True)
+                else:
+                    history["test_correct"].append(None)
+                    history["test_accuracy"].append(None)
+                    if not quiet:
+                        print(f"Epoch {epoch} complete  ({seconds:.3f} s)", flush=True)
+        return history
+
+    def update_mini_batch(self, mini_batch, eta):
+        """One SGD step on one mini-batch (arrays or pairs); returns its cost before the step."""
+        eta = _positive_real("eta", eta)
+        X, y = self._data(mini_batch, "mini_batch")
+        m = X.shape[0]
+        ident, A, D, G = self._buffers(m)
+        stats = np.zeros((kernels.MAX_CHUNKS, 2))
+        saved = self.parameters.copy()
+        cost_sum, _ = kernels.sgd_step(
+            *self._kernel_args(), X, y, ident, ident, A, D, G,
+            kernels.update_blocks(self.sizes, self._offs),
+            self.n_params >= kernels.PARALLEL_UPDATE_MIN, eta, self.weight_decay, stats)
+        if not np.isfinite(self.parameters).all():
+            self.parameters[...] = saved
+            raise FloatingPointError("the update made the parameters NaN or infinite "
+                                     f"(eta={eta}); they were restored. Try a smaller eta.")
+        return cost_sum / m
+
+    # ------------------------------------------------------------------ inference
+    def _forward(self, X):
+        """Output activations for a validated 2-D input array."""
+        n = X.shape[0]
+        ident = np.arange(n, dtype=np.int64)
+        A = np.empty((n, int(sum(self.sizes[1:]))), self.dtype)
+        hid, out, _ = self._codes
+        kernels.forward(self.parameters, self._sizes, self._offs, self._aoff, hid, out, X,
+                        ident, A, _PREDICT_BLOCK)
+        return A[:, self._aoff[-1]:]
+
+    def feedforward(self, a):
+        """Output of the network for input ``a``.
+
+        ``a`` may be one sample (shape ``(n_in,)`` or Nielsen's column
+        ``(n_in, 1)``; the output has the same form) or a batch
+        ``(n, n_in)`` (output ``(n, n_out)``).
+        """
+        a_arr = np.asarray(a) if not isinstance(a, np.ndarray) else a
+        n_in = self.sizes[0]
+        if a_arr.ndim == 1:
+            return self._forward(self._inputs(a_arr.reshape(1, -1), "a"))[0].copy()
+        if a_arr.ndim == 2 and a_arr.shape == (n_in, 1) and n_in != 1:
+            return self._forward(self._inputs(a_arr.reshape(1, -1), "a")).reshape(-1, 1).copy()
+        return self._forward(self._inputs(a_arr, "a")).copy()
+
+    def predict_proba(self, X):
+        """Output activations of each row of ``X`` normalised to sum to one."""
+        out = self._forward(self._inputs(X)).copy()
+        if self.output != "softmax":
+            out /= out.sum(axis=1, keepdims=True)
+        return out
+
+    def predict(self, X):
+        """Predicted class (index of the largest output) of each row of ``X``."""
+        return self._forward(self._inputs(X)).argmax(axis=1)
+
+    def _count_correct(self, X, y):
+        return int((self._forward(X).argmax(axis=1) == y).sum())
+
+    def evaluate(self, test_data):
+        """Number of samples of ``test_data`` (arrays or pairs) classified correctly."""
+        return self._count_correct(*self._data(test_data, "test_data"))
+
+    def accuracy(self, X, y):
+        """Fraction of rows of ``X`` classified as ``y``."""
+        X = self._inputs(X)
+        return self._count_correct(X, self._labels(y, X.shape[0])) / X.shape[0]
+
+    # ------------------------------------------------------------------ cost and gradient
+    def _cost_and_gradient(self, X, y):
+        X = self._inputs(X)
+        y = self._labels(y, X.shape[0])
+        n = X.shape[0]
+        ident, A, D, G = self._buffers(n)
+        grad = np.empty_like(self.parameters)
+        total = kernels.gradient(*self._kernel_args(), X, y, ident, ident, A, D, G, grad)
+        grad /= n
+        cost = total / n
+        if self.weight_decay:
+            gW, _ = unpack(grad, self.sizes)
+            for W, g in zip(self.weights, gW):
+                g += self.weight_decay * W
+                cost += 0.5 * self.weight_decay * float(np.dot(W.ravel(), W.ravel()))
+        return cost, grad
+
+    def cost(self, X, y):
+        """Average cost over the rows of ``X`` (plus the weight-decay penalty)."""
+        return self._cost_and_gradient(X, y)[0]
+
+    def gradient(self, X, y):
+        """Gradient of :meth:`cost` with respect to ``parameters``, as one flat vector.
+
+        Use :meth:`views` for per-layer ``(weights, biases)`` views of it.
+        """
+        return self._cost_and_gradient(X, y)[1]
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path):
+        """Save to a ``.npz`` file (no pickle).
+
+        Keys: ``format`` ('fastnn-network'), ``version`` (1), ``sizes`` (int64),
+        ``parameters`` (the flat vector in its dtype), and the strings
+        ``activation``, ``output``, ``cost``, ``init`` and the float
+        ``weight_decay``.
+        """
+        np.savez(path, format=np.str_(FORMAT_NAME), version=np.int64(FORMAT_VERSION),
+                 sizes=np.array(self.sizes, dtype=np.int64), parameters=self.parameters,
+                 activation=np.str_(self.activation), output=np.str_(self.output),
+                 cost=np.str_(self.cost_name), init=np.str_(self.init),
+                 weight_decay=np.float64(self.weight_decay))
+
+    @classmethod
+    def load(cls, path):
+        """Load a network written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as f:
+            if "format" not in f.files or str(f["format"]) != FORMAT_NAME:
+                raise ValueError(f"{path} is not a fastnn network file")
+            if int(f["version"]) != FORMAT_VERSION:
+                raise ValueError(f"{path}: unsupported fastnn format version {int(f['version'])}")
+            theta = f["parameters"]
+            net = cls([int(s) for s in f["sizes"]], activation=str(f["activation"]),
+                      output=str(f["output"]), cost=str(f["cost"]),
+                      weight_decay=float(f["weight_decay"]), init=str(f["init"]),
+                      dtype=theta.dtype)
+            if theta.shape != net.parameters.shape:
+                raise ValueError(f"{path}: parameter vector has {theta.size} values, "
+                                 f"sizes {net.sizes} need {net.n_params}")
+            net.parameters[...] = theta
+        return net

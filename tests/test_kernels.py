@@ -1,0 +1,111 @@
+"""The kernels agree with the NumPy reference, and results do not depend on the thread count."""
+
+import copy
+
+import numba
+import numpy as np
+import pytest
+
+from fastnn import Network, reference
+from conftest import COMBOS, make_data
+
+SIZES = [30, 9, 7, 5]
+
+
+def _net(hidden, output, cost, dtype=np.float64, sizes=SIZES, seed=1, weight_decay=0.0):
+    return Network(sizes, activation=hidden, output=output, cost=cost, dtype=dtype, seed=seed,
+                   weight_decay=weight_decay)
+
+
+@pytest.mark.parametrize("hidden,output,cost", COMBOS)
+def test_forward_matches_reference(hidden, output, cost):
+    net = _net(hidden, output, cost)
+    X, _ = make_data(23, SIZES[0], SIZES[-1])
+    want = reference.forward(net.parameters, SIZES, X, hidden, output)[-1]
+    np.testing.assert_allclose(net.feedforward(X), want, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("hidden,output,cost", COMBOS)
+def test_gradient_and_cost_match_reference(hidden, output, cost):
+    net = _net(hidden, output, cost)
+    X, y = make_data(37, SIZES[0], SIZES[-1])
+    grad, total, _ = reference.backprop(net.parameters, SIZES, X, y, hidden, output, cost)
+    np.testing.assert_allclose(net.gradient(X, y), grad / len(X), rtol=1e-10, atol=1e-12)
+    assert net.cost(X, y) == pytest.approx(total / len(X), rel=1e-12)
+
+
+@pytest.mark.parametrize("hidden,output,cost", COMBOS)
+def test_one_step_matches_reference(hidden, output, cost):
+    net = _net(hidden, output, cost, weight_decay=0.01)
+    theta = net.parameters.copy()
+    X, y = make_data(13, SIZES[0], SIZES[-1])
+    c = net.update_mini_batch((X, y), eta=0.5)
+    c_ref, _ = reference.sgd_step(theta, SIZES, X, y, 0.5, 0.01, hidden, output, cost)
+    np.testing.assert_allclose(net.parameters, theta, rtol=1e-10, atol=1e-12)
+    assert c == pytest.approx(c_ref / len(X), rel=1e-12)
+
+
+def _epoch_pair(dtype, hidden="sigmoid", output="sigmoid", cost="quadratic", m=10, n=1003,
+                sizes=SIZES, eta=0.5):
+    """Parameters after one epoch from fastnn and from the reference, same init and order."""
+    net = _net(hidden, output, cost, dtype=dtype, sizes=sizes, weight_decay=1e-4)
+    theta = net.parameters.copy()
+    X, y = make_data(n, sizes[0], sizes[-1], dtype=dtype)
+    perm = copy.deepcopy(net._rng).permutation(n)  # the order SGD will draw from its seeded stream
+    h = net.SGD((X, y), 1, m, eta, quiet=True)
+    c_ref, k_ref = reference.train_epoch(theta, sizes, X, y, perm, m, eta, 1e-4, hidden, output,
+                                         cost)
+    return net, theta, h, c_ref / n, k_ref / n
+
+
+@pytest.mark.parametrize("hidden,output,cost", COMBOS)
+def test_epoch_matches_reference_float64(hidden, output, cost):
+    net, theta, h, c_ref, acc_ref = _epoch_pair(np.float64, hidden, output, cost, m=7)
+    np.testing.assert_allclose(net.parameters, theta, rtol=1e-10, atol=1e-10)
+    assert h["train_cost"][0] == pytest.approx(c_ref, rel=1e-10)
+    assert h["train_accuracy"][0] == acc_ref
+
+
+@pytest.mark.parametrize("m", [1, 4, 10, 33])
+def test_epoch_matches_reference_float32(m):
+    # float32 rounds differently in fastnn (fused multiply-adds, blocked sums) and in NumPy's
+    # BLAS; after one epoch (1003 samples) the parameters agree to 2e-4 relative to their scale.
+    net, theta, h, c_ref, _ = _epoch_pair(np.float32, m=m)
+    assert net.parameters.dtype == np.float32
+    scale = np.abs(theta).max()
+    assert np.abs(net.parameters - theta).max() <= 2e-4 * scale
+    assert h["train_cost"][0] == pytest.approx(c_ref, rel=1e-3)
+
+
+def test_epoch_matches_reference_large_network():
+    # a network large enough for several chunks per mini-batch and the parallel update
+    sizes = [200, 300, 40, 10]
+    net, theta, *_ = _epoch_pair(np.float64, "relu", "softmax", "log_loss", m=64, n=400,
+                                 sizes=sizes, eta=0.05)
+    assert net.n_params >= 65536
+    np.testing.assert_allclose(net.parameters, theta, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("sizes,m,hidden", [([784, 16, 16, 10], 10, "sigmoid"),
+                                            ([784, 128, 64, 10], 64, "relu"),
+                                            ([50, 20, 10], 1024, "tanh")])
+def test_bit_identical_across_thread_counts(sizes, m, hidden):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs at least 2 threads")
+    X, y = make_data(3000, sizes[0], sizes[-1], dtype=np.float32)
+    results = []
+    for threads in (1, 2, numba.config.NUMBA_NUM_THREADS):
+        net = Network(sizes, activation=hidden, seed=7)
+        net.SGD((X, y), 2, m, 0.1, quiet=True, threads=threads)
+        results.append(net.parameters.copy())
+    for r in results[1:]:
+        assert np.array_equal(results[0], r)
+
+
+def test_same_seed_same_result_and_different_seed_differs():
+    X, y = make_data(500, 20, 4)
+    a, b, c = (Network([20, 8, 4], seed=s) for s in (3, 3, 4))
+    for net in (a, b, c):
+        net.SGD((X, y), 2, 10, 1.0, quiet=True)
+    assert np.array_equal(a.parameters, b.parameters)
+    assert not np.array_equal(a.parameters, c.parameters)
