@@ -56,6 +56,12 @@ _FM = {"reassoc", "contract", "nsz"}
 # as divergence) instead of raising inside a parallel region.
 _opts = dict(cache=True, fastmath=_FM, nogil=True, error_model="numpy")
 
+# float32 constants: Numba promotes float32 (op) float64-literal to float64, so
+# plain ``1.0`` would silently run float32 kernels in double precision.  A
+# float32 constant keeps float32 arithmetic in float32 and float64 in float64.
+_0 = np.float32(0.0)
+_1 = np.float32(1.0)
+
 
 def update_blocks(sizes, offs):
     """Fixed blocks ``(start, stop, is_weight)`` covering the parameter vector."""
@@ -80,11 +86,11 @@ def _activate(a, act):
     n = a.shape[0]
     if act == SIGMOID:
         for j in range(n):
-            a[j] = 1.0 / (1.0 + np.exp(-a[j]))
+            a[j] = _1 / (_1 + np.exp(-a[j]))
     elif act == RELU:
         for j in range(n):
-            if a[j] < 0.0:
-                a[j] = 0.0
+            if a[j] < _0:
+                a[j] = _0
     elif act == TANH:
         for j in range(n):
             a[j] = np.tanh(a[j])
@@ -93,12 +99,12 @@ def _activate(a, act):
         for j in range(1, n):
             if a[j] > zmax:
                 zmax = a[j]
-        s = 0.0
+        s = a[0] - a[0]
         for j in range(n):
             e = np.exp(a[j] - zmax)
             a[j] = e
             s += e
-        inv = 1.0 / s
+        inv = _1 / s
         for j in range(n):
             a[j] *= inv
 
@@ -107,11 +113,11 @@ def _activate(a, act):
 def _derivative(a, act):
     """Derivative of the hidden activation expressed through its output ``a``."""
     if act == SIGMOID:
-        return a * (1.0 - a)
+        return a * (_1 - a)
     elif act == RELU:
-        return 1.0 if a > 0.0 else 0.0
+        return _1 if a > _0 else _0
     else:  # TANH
-        return 1.0 - a * a
+        return _1 - a * a
 
 
 # Inner loops index row *views* (w[k], x0[k]) with the loop counter, never
@@ -123,7 +129,7 @@ def _dense_forward(theta, woff, n_in, n_out, src, rows, c0, dst, d0, s0, s1):
     """dst[i, d0+j] = b[j] + sum_k W[j, k] * src[rows[i], c0+k] for i in [s0, s1)."""
     boff = woff + n_in * n_out
     b = theta[boff:boff + n_out]
-    zero = theta[0] * 0
+    zero = theta[0] * _0
     i = s0
     while i + 4 <= s1:
         x0 = src[rows[i], c0:c0 + n_in]
@@ -252,21 +258,21 @@ def _output_delta(a, d, label, out, cost):
     for j in range(n):
         if a[j] > a[best]:
             best = j
-        y = 1.0 if j == label else 0.0
+        y = _1 if j == label else _0
         d[j] = a[j] - y
         if cost == QUADRATIC:
             c += 0.5 * (a[j] - y) * (a[j] - y)
         elif cost == CROSS_ENTROPY:
-            p = a[j] if y == 1.0 else 1.0 - a[j]
+            p = a[j] if j == label else _1 - a[j]
             c -= np.log(max(p, 1e-300))
-        elif y == 1.0:  # LOG_LOSS
+        elif j == label:  # LOG_LOSS
             c -= np.log(max(a[j], 1e-300))
     if cost == QUADRATIC:
         if out == SIGMOID:
             for j in range(n):
-                d[j] *= a[j] * (1.0 - a[j])
+                d[j] *= a[j] * (_1 - a[j])
         else:  # softmax Jacobian: delta = J^T (a - y)
-            s = 0.0
+            s = a[0] - a[0]
             for j in range(n):
                 s += d[j] * a[j]
             for j in range(n):
