@@ -1,4 +1,7 @@
-"""Command line: ``python -m fastnn train ...`` (also the ``fastnn`` console script)."""
+"""Command line: ``python -m fastnn train ...`` and ``python -m fastnn bench ...``.
+
+The ``fastnn`` console script is the same command.
+"""
 
 import argparse
 import statistics
@@ -90,5 +93,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    from .bench import add_parser
+    add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)

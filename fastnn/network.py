@@ -278,16 +278,9 @@ class Network:
         ``seconds`` (training time of the epoch, evaluation excluded).
         """
         epochs = _positive_int("epochs", epochs)
-        m = _positive_int("mini_batch_size", mini_batch_size)
-        eta = _positive_real("eta", eta)
-        X, y = self._data(training_data, "training_data")
+        X, y, run_epoch = self._trainer(training_data, mini_batch_size, eta)
         test = self._data(test_data, "test_data") if test_data is not None else None
         n = X.shape[0]
-        m = min(m, n)
-        ident, A, D, G = self._buffers(m)
-        blocks = kernels.update_blocks(self.sizes, self._offs)
-        par_update = self.n_params >= kernels.PARALLEL_UPDATE_MIN
-        stats = np.zeros((kernels.MAX_CHUNKS, 2))
         history = {k: [] for k in ("epoch", "train_cost", "train_accuracy", "test_accuracy",
                                    "test_correct", "seconds")}
         with num_threads(threads):
@@ -295,15 +288,13 @@ class Network:
                 perm = self._rng.permutation(n)
                 saved = self.parameters.copy()
                 t0 = time.perf_counter()
-                cost_sum, correct = kernels.train_epoch(
-                    *self._kernel_args(), X, y, perm, m, ident, A, D, G, blocks, par_update,
-                    eta, self.weight_decay, stats)
+                cost_sum, correct = run_epoch(perm)
                 seconds = time.perf_counter() - t0
                 if not np.isfinite(self.parameters).all():
                     self.parameters[...] = saved
                     raise FloatingPointError(
                         f"training diverged in epoch {epoch}: parameters became NaN or infinite "
-                        f"(eta={eta}); the parameters of the previous epoch were restored. "
+                        f"(eta={eta}); the parameters from before the epoch were restored. "
                         "Try a smaller eta.")
                 history["epoch"].append(epoch)
                 history["train_cost"].append(cost_sum / n)
@@ -322,6 +313,28 @@ class Network:
                     if not quiet:
                         print(f"Epoch {epoch} complete  ({seconds:.3f} s)", flush=True)
         return history
+
+    def _trainer(self, training_data, mini_batch_size, eta):
+        """Validate once and allocate once; returns ``(X, y, run_epoch)``.
+
+        ``run_epoch(perm)`` trains one epoch over ``X[perm]`` in compiled code
+        and returns (sum of costs, number correct).  ``SGD`` and the
+        benchmarks both use it.
+        """
+        m = _positive_int("mini_batch_size", mini_batch_size)
+        eta = _positive_real("eta", eta)
+        X, y = self._data(training_data, "training_data")
+        m = min(m, X.shape[0])
+        ident, A, D, G = self._buffers(m)
+        blocks = kernels.update_blocks(self.sizes, self._offs)
+        par_update = self.n_params >= kernels.PARALLEL_UPDATE_MIN
+        stats = np.zeros((kernels.MAX_CHUNKS, 2))
+        args = self._kernel_args()
+
+        def run_epoch(perm):
+            return kernels.train_epoch(*args, X, y, perm, m, ident, A, D, G, blocks, par_update,
+                                       eta, self.weight_decay, stats)
+        return X, y, run_epoch
 
     def update_mini_batch(self, mini_batch, eta):
         """One SGD step on one mini-batch (arrays or pairs); returns its cost before the step."""

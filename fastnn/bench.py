@@ -1,0 +1,652 @@
+"""Benchmark definitions and runner: fastnn against the NumPy reference and the usual peers.
+
+The workloads, contenders and FLOP counts are defined here once.  Both the
+pytest-benchmark suite in ``benchmarks/`` and ``python -m fastnn bench`` use
+them; the latter times them itself and prints one table (see :func:`main`).
+
+Workloads (all MNIST-shaped; real MNIST when found, else seeded synthetic data):
+
+* W1 "seed": 784-16-16-10, sigmoid, quadratic cost, SGD batch 10, eta 3.0, one epoch.
+* W2 "classic": 784-30-10, same settings.
+* W3 "modern": 784-128-64-10, ReLU hidden, softmax + log-loss, batch 64, eta 0.1.
+* W4 "inference": W1's network over the 10,000 test images, as one batch and
+  one image at a time (the latency case).
+
+A contender is a function ``make(workload, data, threads) -> Run``; ``Run.fn()``
+does the timed work once and ``Run.scale`` converts its time to one epoch
+(contenders that time a fixed fraction of the epoch say so in ``Run.note``).
+Peers that are not importable are skipped with the reason.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import reference
+from .datasets import MNISTNotFoundError, load_mnist
+from .network import Network, num_threads
+
+WORKLOADS = {
+    "W1": dict(title="seed", sizes=[784, 16, 16, 10], activation="sigmoid", output="sigmoid",
+               cost="quadratic", batch=10, eta=3.0),
+    "W2": dict(title="classic", sizes=[784, 30, 10], activation="sigmoid", output="sigmoid",
+               cost="quadratic", batch=10, eta=3.0),
+    "W3": dict(title="modern", sizes=[784, 128, 64, 10], activation="relu", output="softmax",
+               cost="log_loss", batch=64, eta=0.1),
+}
+BATCH_SWEEP = (1, 10, 32, 128, 1024)
+
+
+class Skip(Exception):
+    """A contender cannot run here (a peer is not installed); the message says why."""
+
+
+@dataclass
+class Data:
+    X: np.ndarray          # training inputs, float32 in [0, 1], (n, 784)
+    y: np.ndarray          # int64 labels
+    Xt: np.ndarray         # test inputs
+    yt: np.ndarray
+    source: str            # 'mnist' or 'synthetic'
+
+
+@dataclass
+class Run:
+    fn: object             # callable doing the timed work once
+    samples: int           # samples processed by one call
+    scale: float = 1.0     # multiply one call's time by this for one epoch
+    note: str = ""
+    threads: object = None
+
+
+@dataclass
+class Result:
+    workload: str
+    contender: str
+    batch: int
+    threads: object
+    median_s: float
+    samples_per_s: float
+    gflops: float
+    rounds: int
+    note: str = ""
+    speedup: float = None
+    peak_share: float = None
+    times: list = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- data, FLOPs
+
+def load_data(quick=False, data_dir=None):
+    """Real MNIST when found (``data_dir``, ``$FASTNN_DATA``, cache), else synthetic data.
+
+    ``quick`` keeps a tenth of the training set.
+    """
+    try:
+        (X, y), (Xt, yt) = load_mnist(data_dir, dtype=np.float32)
+        source = "mnist"
+    except MNISTNotFoundError:
+        rng = np.random.default_rng(0)
+        X = (rng.random((60000, 784), dtype=np.float32) * (rng.random((60000, 784)) < 0.19))
+        y = rng.integers(0, 10, 60000)
+        Xt = (rng.random((10000, 784), dtype=np.float32) * (rng.random((10000, 784)) < 0.19))
+        yt = rng.integers(0, 10, 10000)
+        source = "synthetic"
+    if quick:
+        X, y = X[:6000], y[:6000]
+    return Data(np.ascontiguousarray(X), y, np.ascontiguousarray(Xt), yt, source)
+
+
+def train_flops(sizes, n, batch):
+    """Floating-point operations of one SGD epoch over ``n`` samples.
+
+    Per sample: forward ``2*n_in*n_out`` per layer, weight gradient the same,
+    back-propagated delta the same for every layer but the first; per
+    mini-batch: the update, 2 per parameter.  Activations are not counted.
+    """
+    macs = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    per_sample = 2 * sum(macs) * 2 + 2 * sum(macs[1:])
+    n_params = sum(m + b for m, b in zip(macs, sizes[1:]))
+    return per_sample * n + 2 * n_params * -(-n // batch)
+
+
+def forward_flops(sizes, n):
+    return 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) * n
+
+
+def measure_peak(n=2048, rounds=5):
+    """float32 GFLOP/s of a large matrix product (NumPy's BLAS, all cores), median of rounds."""
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    a @ b
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+# ----------------------------------------------------------------------------- contenders
+
+def _network(w, dtype=np.float32, seed=0):
+    return Network(w["sizes"], activation=w["activation"], output=w["output"], cost=w["cost"],
+                   dtype=dtype, seed=seed)
+
+
+def fastnn_contender(dtype):
+    def make(w, data, threads):
+        net = _network(w, dtype)
+        X, y, run_epoch = net._trainer((data.X, data.y), w["batch"], w["eta"])
+        rng = np.random.default_rng(0)
+
+        def fn():
+            with num_threads(threads):
+                run_epoch(rng.permutation(len(X)))
+        return Run(fn, len(X), threads=threads or "all")
+    return make
+
+
+def reference_contender(w, data, threads):
+    net = _network(w, np.float32)
+    theta = net.parameters.copy()
+    rng = np.random.default_rng(0)
+
+    def fn():
+        reference.train_epoch(theta, w["sizes"], data.X, data.y, rng.permutation(len(data.X)),
+                              w["batch"], w["eta"], 0.0, w["activation"], w["output"], w["cost"])
+    return Run(fn, len(data.X), note="NumPy, BLAS threads as configured", threads="BLAS")
+
+
+def per_sample_contender(fraction):
+    def make(w, data, threads):
+        net = _network(w, np.float32)
+        theta = net.parameters.copy()
+        n = len(data.X)
+        n_batches = max(1, int(n * fraction) // w["batch"])
+        perm = np.random.default_rng(0).permutation(n)
+
+        def fn():
+            reference.train_epoch_per_sample(theta, w["sizes"], data.X, data.y, perm, w["batch"],
+                                             w["eta"], 0.0, w["activation"], w["output"],
+                                             w["cost"], n_batches=n_batches)
+        done = n_batches * w["batch"]
+        return Run(fn, done, scale=n / done,
+                   note=f"per-sample loop, timed on {100 * done / n:.0f}% of the epoch and scaled",
+                   threads="BLAS")
+    return make
+
+
+def sklearn_contender(w, data, threads):
+    try:
+        from sklearn.neural_network import MLPClassifier
+    except ImportError as e:
+        raise Skip(f"scikit-learn not importable ({e})")
+    act = {"sigmoid": "logistic", "relu": "relu", "tanh": "tanh"}[w["activation"]]
+    clf = MLPClassifier(hidden_layer_sizes=tuple(w["sizes"][1:-1]), activation=act,
+                        solver="sgd", batch_size=w["batch"], learning_rate_init=0.1, momentum=0.0,
+                        alpha=0.0, shuffle=True, random_state=0)
+    classes = np.arange(w["sizes"][-1])
+    clf.partial_fit(data.X[:100], data.y[:100], classes=classes)
+
+    def fn():
+        clf.partial_fit(data.X, data.y)
+    return Run(fn, len(data.X), note="MLPClassifier sgd partial_fit (log-loss, its only loss)",
+               threads="BLAS")
+
+
+def _torch_model(w, torch):
+    layers = []
+    acts = {"sigmoid": torch.nn.Sigmoid, "relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}
+    sizes = w["sizes"]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(acts[w["activation"]]())
+    return torch.nn.Sequential(*layers)
+
+
+def torch_contender(w, data, threads):
+    try:
+        import torch
+    except ImportError as e:
+        raise Skip(f"PyTorch not importable ({e})")
+    torch.manual_seed(0)
+    model = _torch_model(w, torch)
+    opt = torch.optim.SGD(model.parameters(), lr=w["eta"])
+    X = torch.from_numpy(data.X)
+    y = torch.from_numpy(data.y)
+    m = w["batch"]
+    n_out = w["sizes"][-1]
+    quadratic = w["cost"] == "quadratic"
+    nthreads = threads or os.cpu_count()
+
+    def fn():
+        torch.set_num_threads(nthreads)
+        perm = torch.randperm(len(X))
+        for b0 in range(0, len(X), m):
+            idx = perm[b0:b0 + m]
+            xb, yb = X[idx], y[idx]
+            opt.zero_grad()
+            z = model(xb)
+            if quadratic:
+                a = torch.sigmoid(z)
+                loss = 0.5 * ((a - torch.nn.functional.one_hot(yb, n_out)) ** 2).sum(1).mean()
+            else:
+                loss = torch.nn.functional.cross_entropy(z, yb)
+            loss.backward()
+            opt.step()
+    return Run(fn, len(X), note=f"eager, {nthreads} threads", threads=nthreads)
+
+
+def jax_contender(w, data, threads):
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError as e:
+        raise Skip(f"JAX not importable ({e})")
+    sizes, m, eta = w["sizes"], w["batch"], w["eta"]
+    n = len(data.X) // m * m  # lax.scan needs equal mini-batches
+    act = {"sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu, "tanh": jnp.tanh}[w["activation"]]
+    quadratic = w["cost"] == "quadratic"
+    net = _network(w, np.float32)
+    params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in zip(net.weights, net.biases)]
+
+    def loss(params, xb, yb):
+        a = xb
+        for i, (W, b) in enumerate(params):
+            z = a @ W.T + b
+            a = act(z) if i < len(params) - 1 else z
+        Y = jax.nn.one_hot(yb, sizes[-1])
+        if quadratic:
+            return 0.5 * ((jax.nn.sigmoid(a) - Y) ** 2).sum(1).mean()
+        return -(jax.nn.log_softmax(a) * Y).sum(1).mean()
+
+    grad = jax.grad(loss)
+
+    @jax.jit
+    def epoch(params, X, y, perm):
+        Xb = X[perm].reshape(-1, m, X.shape[1])
+        yb = y[perm].reshape(-1, m)
+
+        def step(p, batch):
+            g = grad(p, *batch)
+            return jax.tree_util.tree_map(lambda a, b: a - eta * b, p, g), None
+        return jax.lax.scan(step, params, (Xb, yb))[0]
+
+    X = jnp.asarray(data.X)
+    y = jnp.asarray(data.y.astype(np.int32))
+    rng = np.random.default_rng(0)
+    state = {"p": params}
+    jax.block_until_ready(epoch(params, X, y, jnp.asarray(rng.permutation(len(data.X))[:n])))
+
+    def fn():
+        perm = jnp.asarray(rng.permutation(len(data.X))[:n])
+        state["p"] = jax.block_until_ready(epoch(state["p"], X, y, perm))
+    return Run(fn, n, note="jit + lax.scan over mini-batches, XLA's own threads", threads="XLA")
+
+
+TRAIN_CONTENDERS = {
+    "fastnn-f32": fastnn_contender(np.float32),
+    "fastnn-f64": fastnn_contender(np.float64),
+    "reference": reference_contender,
+    "per-sample": per_sample_contender(0.05),
+    "sklearn": sklearn_contender,
+    "pytorch": torch_contender,
+    "jax": jax_contender,
+}
+
+
+def inference_runs(data, single_images=1000):
+    """W4: W1's network over the test set, as one batch and one image at a time."""
+    w = WORKLOADS["W1"]
+    net = _network(w, np.float32)
+    theta, sizes = net.parameters, w["sizes"]
+    Xt = data.Xt
+    k = min(single_images, len(Xt))
+    scale = len(Xt) / k
+    note = f"{k} single-image calls, scaled to {len(Xt)}"
+
+    def ref_batch():
+        reference.forward(theta, sizes, Xt)
+
+    def ref_single():
+        for i in range(k):
+            reference.forward(theta, sizes, Xt[i:i + 1])
+
+    def fast_batch():
+        net.feedforward(Xt)
+
+    def fast_single():
+        for i in range(k):
+            net.feedforward(Xt[i])
+    return {
+        ("W4-batch", "reference"): Run(ref_batch, len(Xt), note="one BLAS product per layer"),
+        ("W4-batch", "fastnn-f32"): Run(fast_batch, len(Xt)),
+        ("W4-single", "reference"): Run(ref_single, k, scale, note),
+        ("W4-single", "fastnn-f32"): Run(fast_single, k, scale, note),
+    }
+
+
+# ----------------------------------------------------------------------------- timing
+
+def time_run(run, rounds, budget):
+    """Median seconds of ``run.fn`` (scaled to one epoch) after one warm-up call.
+
+    Runs ``rounds`` timed calls, or fewer when one call already exceeds
+    ``budget`` seconds (at least one).
+    """
+    run.fn()
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        run.fn()
+        times.append((time.perf_counter() - t) * run.scale)
+        if sum(times) > budget:
+            break
+    return times
+
+
+def _result(workload, contender, batch, run, times, flops):
+    med = statistics.median(times)
+    n = run.samples * run.scale
+    return Result(workload, contender, batch, run.threads, med, n / med, flops / med / 1e9,
+                  len(times), run.note, times=times)
+
+
+def compile_times(timeout=900):
+    """JIT time of the first training call in a fresh process: cold (empty cache) and warm.
+
+    Each child trains a tiny network once per dtype and reports the time of its
+    first ``SGD`` call; the cache folder is a new temporary one.
+    """
+    code = ("import time, numpy as np, fastnn\n"
+            "X = np.random.default_rng(0).random((64, 784), dtype=np.float32)\n"
+            "y = np.arange(64) % 10\n"
+            "t = time.perf_counter()\n"
+            "fastnn.Network([784, 16, 10]).SGD((X, y), 1, 10, 1.0, quiet=True)\n"
+            "print(time.perf_counter() - t)\n")
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for label in ("cold", "warm"):
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               env=env, timeout=timeout)
+            if r.returncode != 0:
+                raise RuntimeError(f"compile-time child failed: {r.stderr[-2000:]}")
+            out[label + "_s"] = float(r.stdout.strip().splitlines()[-1])
+    return out
+
+
+def cold_start(data_dir=None, timeout=600):
+    """Seconds from launching ``python -m fastnn train --epochs 1`` to the start of its first epoch.
+
+    Measured as (launch to the ``Epoch 0`` line) minus the epoch's own
+    steady-state time, which the same run reports; needs real MNIST.
+    """
+    cmd = [sys.executable, "-m", "fastnn", "train", "--epochs", "1"]
+    if data_dir:
+        cmd += ["--data-dir", str(data_dir)]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first_epoch = None
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if line.startswith("Epoch 0") and first_epoch is None:
+            first_epoch = time.perf_counter() - t0
+    p.wait(timeout=timeout)
+    if p.returncode != 0 or first_epoch is None:
+        return None
+    return dict(launch_to_first_epoch_end_s=first_epoch)
+
+
+# ----------------------------------------------------------------------------- the suite
+
+def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=print):
+    """Run every workload x contender, the sweeps and W4; returns the report dict."""
+    import numba
+    data = load_data(quick, data_dir)
+    rounds, budget = (2, 2.0) if quick else (7, 20.0)
+    cores = numba.config.NUMBA_NUM_THREADS
+    results, skipped = [], []
+    log(f"data: {data.source} ({len(data.X)} training images), {'quick' if quick else 'full'} "
+        f"mode, {cores} threads")
+    peak = measure_peak(1024 if quick else 2048)
+    log(f"float32 peak (BLAS matrix product): {peak:.1f} GFLOP/s")
+
+    def record(wname, cname, batch, run, flops):
+        times = time_run(run, rounds, budget)
+        r = _result(wname, cname, batch, run, times, flops)
+        results.append(r)
+        log(f"  {wname:<10} {cname:<11} batch {batch:<5} threads {str(r.threads):<5} "
+            f"{r.median_s:9.4f} s")
+        return r
+
+    for wname, w in WORKLOADS.items():
+        if workloads and wname not in workloads:
+            continue
+        flops = train_flops(w["sizes"], len(data.X), w["batch"])
+        for cname, make in TRAIN_CONTENDERS.items():
+            if contenders and cname not in contenders:
+                continue
+            try:
+                run = make(w, data, None)
+            except Skip as e:
+                skipped.append(dict(workload=wname, contender=cname, reason=str(e)))
+                log(f"  {wname:<10} {cname:<11} skipped: {e}")
+                continue
+            record(wname, cname, w["batch"], run, flops)
+        if not contenders or "fastnn-f32" in contenders:  # thread sweep
+            for threads in sorted({1, cores}):
+                if threads == cores:
+                    continue  # the 'all cores' run is the main one above
+                run = fastnn_contender(np.float32)(w, data, threads)
+                record(wname + "-threads", "fastnn-f32", w["batch"], run, flops)
+
+    if not workloads or "W1" in workloads:  # batch sweep of W1
+        w1 = WORKLOADS["W1"]
+        for batch in BATCH_SWEEP:
+            w = dict(w1, batch=batch)
+            flops = train_flops(w["sizes"], len(data.X), batch)
+            for cname in ("fastnn-f32", "reference"):
+                if contenders and cname not in contenders:
+                    continue
+                if cname == "reference" and batch == 1:
+                    run = per_sample_contender(0.05 if not quick else 0.2)(w, data, None)
+                    run.note = "reference at batch 1, " + run.note
+                else:
+                    run = TRAIN_CONTENDERS[cname](w, data, None)
+                record("W1-batch", cname, batch, run, flops)
+
+    if not workloads or "W4" in workloads:
+        for (wname, cname), run in inference_runs(data, 200 if quick else 1000).items():
+            if contenders and cname not in contenders:
+                continue
+            record(wname, cname, 0, run, forward_flops(WORKLOADS["W1"]["sizes"], run.samples
+                                                          * run.scale))
+
+    _derive(results, peak)
+    return dict(machine=machine_info(), data=data.source, quick=quick, peak_gflops=peak,
+                results=[_as_dict(r) for r in results], skipped=skipped)
+
+
+def _derive(results, peak):
+    """Speed-up versus the reference of the same workload and batch, share of peak."""
+    ref = {(r.workload.split("-threads")[0], r.batch): r.median_s for r in results
+           if r.contender == "reference"}
+    for r in results:
+        base = ref.get((r.workload.split("-threads")[0], r.batch))
+        r.speedup = base / r.median_s if base else None
+        r.peak_share = r.gflops / peak if peak else None
+
+
+def _as_dict(r):
+    return {k: v for k, v in r.__dict__.items()}
+
+
+def machine_info():
+    import numba
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version(),
+                numpy=np.__version__, numba=numba.__version__,
+                threading_layer=_threading_layer())
+
+
+def _threading_layer():
+    import numba
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel region has run yet
+        return None
+
+
+# ----------------------------------------------------------------------------- report
+
+def format_table(report):
+    head = (f"{'workload':<12}{'contender':<12}{'batch':>6}{'threads':>8}{'median s':>11}"
+            f"{'samples/s':>12}{'vs ref':>8}{'GFLOP/s':>9}{'% peak':>8}  note")
+    lines = [head, "-" * len(head)]
+    for r in report["results"]:
+        sp = f"{r['speedup']:.2f}x" if r["speedup"] else ""
+        lines.append(f"{r['workload']:<12}{r['contender']:<12}{r['batch'] or '':>6}"
+                     f"{str(r['threads']):>8}{r['median_s']:>11.4f}{r['samples_per_s']:>12,.0f}"
+                     f"{sp:>8}{r['gflops']:>9.1f}{100 * r['peak_share']:>7.1f}%  {r['note']}")
+    for s in report.get("skipped", []):
+        lines.append(f"{s['workload']:<12}{s['contender']:<12} skipped: {s['reason']}")
+    m = report["machine"]
+    lines.append(f"machine: {m['cpu']}, {m['cores']} cores, numba {m['numba']} "
+                 f"({m['threading_layer']} threads), numpy {m['numpy']}; data: {report['data']}; "
+                 f"peak {report['peak_gflops']:.1f} GFLOP/s (float32 BLAS product)")
+    if report.get("compile"):
+        c = report["compile"]
+        lines.append(f"JIT compile of the first training call: cold {c['cold_s']:.1f} s, "
+                     f"warm cache {c['warm_s']:.2f} s")
+    if report.get("cold_start"):
+        lines.append("python -m fastnn train --epochs 1: first epoch done "
+                     f"{report['cold_start']['launch_to_first_epoch_end_s']:.2f} s after launch")
+    return "\n".join(lines)
+
+
+def compare(report, old, threshold):
+    """Rows whose median time grew by more than ``threshold`` (a fraction) against ``old``."""
+    before = {(r["workload"], r["contender"], r["batch"], str(r["threads"])): r["median_s"]
+              for r in old["results"]}
+    flagged = []
+    for r in report["results"]:
+        key = (r["workload"], r["contender"], r["batch"], str(r["threads"]))
+        if key in before and r["median_s"] > before[key] * (1 + threshold):
+            flagged.append((key, before[key], r["median_s"]))
+    return flagged
+
+
+def plot(report, path):
+    """PNG of the W1 batch-size sweep and the thread sweep (needs matplotlib)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    res = report["results"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for c in ("fastnn-f32", "reference"):
+        pts = sorted((r["batch"], r["samples_per_s"]) for r in res
+                     if r["workload"] == "W1-batch" and r["contender"] == c)
+        if pts:
+            ax1.plot(*zip(*pts), marker="o", label=c)
+    ax1.set_xscale("log")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("mini-batch size")
+    ax1.set_ylabel("training samples / s")
+    ax1.set_title("W1 784-16-16-10: batch-size sweep")
+    ax1.legend()
+    labels, values = [], []
+    for r in res:
+        if r["contender"] == "fastnn-f32" and r["workload"] in ("W1", "W1-threads", "W2",
+                                                                 "W2-threads", "W3", "W3-threads"):
+            labels.append(f"{r['workload'].split('-')[0]}\n{r['threads']} thr")
+            values.append(r["samples_per_s"])
+    ax2.bar(range(len(values)), values)
+    ax2.set_xticks(range(len(values)), labels)
+    ax2.set_ylabel("training samples / s")
+    ax2.set_title("fastnn float32: thread sweep")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(args):
+    report = run_suite(quick=args.quick, data_dir=args.data_dir,
+                       contenders=args.contenders.split(",") if args.contenders else None,
+                       workloads=args.workloads.split(",") if args.workloads else None,
+                       log=(lambda *a: None) if args.quiet else
+                       (lambda *a: print(*a, file=sys.stderr, flush=True)))
+    if not args.no_compile:
+        report["compile"] = compile_times()
+        if report["data"] == "mnist":
+            report["cold_start"] = cold_start(args.data_dir)
+    print(format_table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"results written to {args.json}")
+    if args.plot:
+        try:
+            plot(report, args.plot)
+            print(f"plot written to {args.plot}")
+        except ImportError:
+            print("no plot: matplotlib is not installed (pip install 'fastnn[plot]')")
+    if args.compare:
+        with open(args.compare) as f:
+            flagged = compare(report, json.load(f), args.threshold)
+        for key, old, new in flagged:
+            print(f"REGRESSION {key}: {old:.4f} s -> {new:.4f} s "
+                  f"(+{100 * (new / old - 1):.0f}%, threshold {100 * args.threshold:.0f}%)")
+        if flagged:
+            return 1
+        print(f"no regression beyond {100 * args.threshold:.0f}% against {args.compare}")
+    return 0
+
+
+def add_parser(sub):
+    p = sub.add_parser("bench", help="run the benchmark suite and print one table",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="a tenth of the data and few rounds (proves the suite works)")
+    p.add_argument("--data-dir", default=None, help="MNIST folder (else synthetic data)")
+    p.add_argument("--json", default="bench-results/latest.json", help="write results here")
+    p.add_argument("--plot", default="bench-results/sweeps.png",
+                   help="PNG of the sweeps (needs matplotlib)")
+    p.add_argument("--compare", default=None, metavar="OLD_JSON",
+                   help="flag regressions against an earlier result (exit status 1)")
+    p.add_argument("--threshold", type=float, default=0.10,
+                   help="regression threshold as a fraction of the old median")
+    p.add_argument("--contenders", default=None,
+                   help="comma-separated subset of: " + ",".join(TRAIN_CONTENDERS))
+    p.add_argument("--workloads", default=None, help="comma-separated subset of W1,W2,W3,W4")
+    p.add_argument("--no-compile", action="store_true",
+                   help="skip the JIT compile-time and cold-start measurements")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    def run(args):
+        for path in (args.json, args.plot):
+            if path and os.path.dirname(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+        return main(args)
+    p.set_defaults(func=run)
