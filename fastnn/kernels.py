@@ -136,7 +136,37 @@ def _dense_forward(theta, woff, n_in, n_out, src, rows, c0, dst, d0, s0, s1):
         x1 = src[rows[i + 1], c0:c0 + n_in]
         x2 = src[rows[i + 2], c0:c0 + n_in]
         x3 = src[rows[i + 3], c0:c0 + n_in]
-        for j in range(n_out):
+        j = 0
+        while j + 2 <= n_out:  # two neurons x four samples: 8 accumulators
+            w = theta[woff + j * n_in:woff + (j + 1) * n_in]
+            v = theta[woff + (j + 1) * n_in:woff + (j + 2) * n_in]
+            a0 = zero
+            a1 = zero
+            a2 = zero
+            a3 = zero
+            c0_ = zero
+            c1_ = zero
+            c2_ = zero
+            c3_ = zero
+            for k in range(n_in):
+                a0 += w[k] * x0[k]
+                a1 += w[k] * x1[k]
+                a2 += w[k] * x2[k]
+                a3 += w[k] * x3[k]
+                c0_ += v[k] * x0[k]
+                c1_ += v[k] * x1[k]
+                c2_ += v[k] * x2[k]
+                c3_ += v[k] * x3[k]
+            dst[i, d0 + j] = a0 + b[j]
+            dst[i + 1, d0 + j] = a1 + b[j]
+            dst[i + 2, d0 + j] = a2 + b[j]
+            dst[i + 3, d0 + j] = a3 + b[j]
+            dst[i, d0 + j + 1] = c0_ + b[j + 1]
+            dst[i + 1, d0 + j + 1] = c1_ + b[j + 1]
+            dst[i + 2, d0 + j + 1] = c2_ + b[j + 1]
+            dst[i + 3, d0 + j + 1] = c3_ + b[j + 1]
+            j += 2
+        while j < n_out:
             w = theta[woff + j * n_in:woff + (j + 1) * n_in]
             a0 = zero
             a1 = zero
@@ -151,6 +181,7 @@ def _dense_forward(theta, woff, n_in, n_out, src, rows, c0, dst, d0, s0, s1):
             dst[i + 1, d0 + j] = a1 + b[j]
             dst[i + 2, d0 + j] = a2 + b[j]
             dst[i + 3, d0 + j] = a3 + b[j]
+            j += 1
         i += 4
     while i < s1:
         x0 = src[rows[i], c0:c0 + n_in]
@@ -283,13 +314,12 @@ def _output_delta(a, d, label, out, cost):
 @njit(**_opts)
 def _chunk_gradient(theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident,
                     A, D, G, gc, s0, s1):
-    """Forward + backprop of samples ``s0:s1``; gradient *sums* into ``G[gc]``.
+    """Forward + backprop of samples ``s0:s1``; gradient *sums* added into ``G[gc]``.
 
     Returns (sum of costs, number of correct predictions) of those samples.
     """
     L = sizes.shape[0] - 1
-    g = G[gc]
-    g[:] = 0.0
+    g = G[gc]  # all zeros on entry (the update pass leaves it so)
     _forward_chunk(theta, sizes, offs, aoff, hid, out, X, rows, ident, A, s0, s1)
     total = 0.0
     correct = 0
@@ -313,19 +343,34 @@ def _chunk_gradient(theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident,
 
 @njit(**_opts)
 def _update_block(theta, G, nc, lo, hi, is_w, step, keep):
-    """theta[p] = keep*theta[p] - step * sum_c G[c, p] for p in [lo, hi) (keep = 1 for biases)."""
+    """theta[p] = keep*theta[p] - step * sum_c G[c, p] for p in [lo, hi) (keep = 1 for biases).
+
+    The chunk gradients are summed in chunk order and set back to zero in the
+    same pass, so the buffers are all zero when the next step starts.
+    """
     th = theta[lo:hi]
     if not is_w:
         keep = 1.0
-    for c in range(nc):
-        gc = G[c, lo:hi]
-        if c == 0:
-            tmp = gc  # the first chunk's gradient is summed into in place
-        else:
+    g0 = G[0, lo:hi]
+    if nc == 1:
+        for p in range(hi - lo):
+            th[p] = keep * th[p] - step * g0[p]
+            g0[p] = 0
+    elif nc == 2:
+        g1 = G[1, lo:hi]
+        for p in range(hi - lo):
+            th[p] = keep * th[p] - step * (g0[p] + g1[p])
+            g0[p] = 0
+            g1[p] = 0
+    else:
+        for c in range(1, nc):
+            gc = G[c, lo:hi]
             for p in range(hi - lo):
-                tmp[p] += gc[p]
-    for p in range(hi - lo):
-        th[p] = keep * th[p] - step * tmp[p]
+                g0[p] += gc[p]
+                gc[p] = 0
+        for p in range(hi - lo):
+            th[p] = keep * th[p] - step * g0[p]
+            g0[p] = 0
 
 
 @njit(**_opts)
@@ -416,8 +461,10 @@ def gradient(theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, 
         total += costs[c]
     for p in range(grad.shape[0]):
         g = G[0, p]
+        G[0, p] = 0
         for c in range(1, nc):
             g += G[c, p]
+            G[c, p] = 0
         grad[p] = g
     return total
 

@@ -249,7 +249,7 @@ class Network:
         H = int(sum(self.sizes[1:]))
         return (np.arange(m, dtype=np.int64), np.empty((m, H), self.dtype),
                 np.empty((m, H), self.dtype),
-                np.empty((kernels.MAX_CHUNKS, self.n_params), self.dtype))
+                np.zeros((kernels.MAX_CHUNKS, self.n_params), self.dtype))  # kernels keep it 0
 
     def _kernel_args(self):
         hid, out, cost = self._codes
