@@ -205,7 +205,25 @@ def _dense_grad(g, woff, n_in, n_out, D, e0, src, rows, c0, s0, s1):
         x1 = src[rows[i + 1], c0:c0 + n_in]
         x2 = src[rows[i + 2], c0:c0 + n_in]
         x3 = src[rows[i + 3], c0:c0 + n_in]
-        for j in range(n_out):
+        j = 0
+        while j + 2 <= n_out:  # two neurons x four samples
+            gw = g[woff + j * n_in:woff + (j + 1) * n_in]
+            gv = g[woff + (j + 1) * n_in:woff + (j + 2) * n_in]
+            d0 = D[i, e0 + j]
+            d1 = D[i + 1, e0 + j]
+            d2 = D[i + 2, e0 + j]
+            d3 = D[i + 3, e0 + j]
+            e0_ = D[i, e0 + j + 1]
+            e1_ = D[i + 1, e0 + j + 1]
+            e2_ = D[i + 2, e0 + j + 1]
+            e3_ = D[i + 3, e0 + j + 1]
+            for k in range(n_in):
+                gw[k] += (d0 * x0[k] + d1 * x1[k]) + (d2 * x2[k] + d3 * x3[k])
+                gv[k] += (e0_ * x0[k] + e1_ * x1[k]) + (e2_ * x2[k] + e3_ * x3[k])
+            gb[j] += (d0 + d1) + (d2 + d3)
+            gb[j + 1] += (e0_ + e1_) + (e2_ + e3_)
+            j += 2
+        while j < n_out:
             gw = g[woff + j * n_in:woff + (j + 1) * n_in]
             d0 = D[i, e0 + j]
             d1 = D[i + 1, e0 + j]
@@ -214,6 +232,7 @@ def _dense_grad(g, woff, n_in, n_out, D, e0, src, rows, c0, s0, s1):
             for k in range(n_in):
                 gw[k] += (d0 * x0[k] + d1 * x1[k]) + (d2 * x2[k] + d3 * x3[k])
             gb[j] += (d0 + d1) + (d2 + d3)
+            j += 1
         i += 4
     while i < s1:
         x0 = src[rows[i], c0:c0 + n_in]
@@ -349,8 +368,8 @@ def _update_block(theta, G, nc, lo, hi, is_w, step, keep):
     same pass, so the buffers are all zero when the next step starts.
     """
     th = theta[lo:hi]
-    if not is_w:
-        keep = 1.0
+    step = theta.dtype.type(step)  # update in the working precision, like the reference
+    keep = theta.dtype.type(keep if is_w else 1.0)
     g0 = G[0, lo:hi]
     if nc == 1:
         for p in range(hi - lo):
@@ -469,16 +488,75 @@ def gradient(theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, 
     return total
 
 
+@njit(**_opts)
+def _count_nonfinite(a):
+    bad = 0
+    for j in range(a.shape[0]):
+        if not np.isfinite(a[j]):
+            bad += 1
+    return bad
+
+
 @njit(parallel=True, **_opts)
 def forward(theta, sizes, offs, aoff, hid, out, X, ident, A, block):
     """Forward pass of all rows of ``X`` into ``A`` (``ident`` is ``arange(len(X))``).
 
     ``A[:, aoff[-1]:]`` holds the network's output; rows are processed in
-    parallel blocks of ``block`` samples.
+    parallel blocks of ``block`` samples.  Returns the number of first-layer
+    pre-activations that are not finite: non-zero exactly when an input is NaN
+    or infinite (or so large that the first layer overflows), which lets the
+    Python layer reject such input without a separate pass over ``X``.
     """
     n = ident.shape[0]
     nblocks = (n + block - 1) // block
+    bad = 0
     for bi in prange(nblocks):
         s0 = bi * block
         s1 = min(s0 + block, n)
-        _forward_chunk(theta, sizes, offs, aoff, hid, out, X, ident, ident, A, s0, s1)
+        bad += _forward_one_block(theta, sizes, offs, aoff, hid, out, X, ident, A, s0, s1)
+    return bad
+
+
+@njit(**_opts)
+def _forward_one_block(theta, sizes, offs, aoff, hid, out, X, ident, A, s0, s1):
+    """``_forward_chunk`` that also counts non-finite first-layer pre-activations."""
+    L = sizes.shape[0] - 1
+    bad = 0
+    for l in range(L):
+        if l == 0:
+            _dense_forward(theta, offs[0], sizes[0], sizes[1], X, ident, 0, A, aoff[0], s0, s1)
+            for i in range(s0, s1):
+                bad += _count_nonfinite(A[i, aoff[0]:aoff[0] + sizes[1]])
+        else:
+            _dense_forward(theta, offs[l], sizes[l], sizes[l + 1], A, ident, aoff[l - 1],
+                           A, aoff[l], s0, s1)
+        act = out if l == L - 1 else hid
+        for i in range(s0, s1):
+            _activate(A[i, aoff[l]:aoff[l] + sizes[l + 1]], act)
+    return bad
+
+
+@njit(**_opts)
+def forward_one(theta, sizes, offs, aoff, hid, out, x, a):
+    """Forward pass of the single sample ``x`` (1-D) into ``a`` (length ``sum(sizes[1:])``).
+
+    The latency path: serial, no parallel region.  Returns the count of
+    non-finite first-layer pre-activations, as :func:`forward` does.
+    """
+    L = sizes.shape[0] - 1
+    bad = 0
+    for l in range(L):
+        n_in, n_out, woff = sizes[l], sizes[l + 1], offs[l]
+        src = x if l == 0 else a[aoff[l - 1]:aoff[l - 1] + n_in]
+        dst = a[aoff[l]:aoff[l] + n_out]
+        b = theta[woff + n_in * n_out:woff + n_in * n_out + n_out]
+        for j in range(n_out):
+            w = theta[woff + j * n_in:woff + (j + 1) * n_in]
+            acc = theta[0] * _0
+            for k in range(n_in):
+                acc += w[k] * src[k]
+            dst[j] = acc + b[j]
+        if l == 0:
+            bad = _count_nonfinite(dst)
+        _activate(dst, out if l == L - 1 else hid)
+    return bad

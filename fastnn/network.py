@@ -138,6 +138,8 @@ class Network:
         self._offs, n_params = layer_offsets(sizes)
         self._sizes = np.array(sizes, dtype=np.int64)
         self._aoff = activation_offsets(sizes)
+        self._n_act = int(sum(sizes[1:]))
+        self._one_shape = (sizes[0],)
         self._codes = (HIDDEN_ACTIVATIONS[self.activation], OUTPUT_ACTIVATIONS[self.output],
                        COSTS[self.cost_name])
         self.parameters = np.empty(n_params, dtype=self.dtype)
@@ -168,11 +170,12 @@ class Network:
             raise ValueError(f"vector must have shape {self.parameters.shape}, got {vector.shape}")
         return unpack(vector, self.sizes)
 
-    def _inputs(self, X, name="X"):
+    def _inputs(self, X, name="X", check_finite=True):
         """Validate ``X`` and return it as a C-contiguous 2-D array of the working dtype.
 
         Copies only when the dtype or memory order requires it; uint8 pixels are
-        scaled to [0, 1].
+        scaled to [0, 1].  ``check_finite=False`` leaves the NaN/inf check to
+        the forward kernel (inference), which flags such rows as it goes.
         """
         try:
             X = np.asarray(X)
@@ -192,13 +195,17 @@ class Network:
             out = X.astype(self.dtype)
             out /= 255
             return out
-        if np.issubdtype(X.dtype, np.floating) and not np.isfinite(X).all():
-            raise ValueError(f"{name} contains NaN or infinite values")
+        if check_finite:
+            self._check_finite(X, name)
         with np.errstate(over="ignore"):
             out = np.ascontiguousarray(X, dtype=self.dtype)
-        if not np.isfinite(out).all():
+        if check_finite and out.dtype != X.dtype and not np.isfinite(out).all():
             raise ValueError(f"{name} has values too large for {self.dtype.name}")
         return out
+
+    def _check_finite(self, X, name):
+        if np.issubdtype(X.dtype, np.floating) and not np.isfinite(X).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
 
     def _labels(self, y, n, name="y"):
         y = np.asarray(y)
@@ -246,7 +253,7 @@ class Network:
 
     def _buffers(self, m):
         """Activation, delta, gradient buffers for mini-batches of up to ``m`` samples."""
-        H = int(sum(self.sizes[1:]))
+        H = self._n_act
         return (np.arange(m, dtype=np.int64), np.empty((m, H), self.dtype),
                 np.empty((m, H), self.dtype),
                 np.zeros((kernels.MAX_CHUNKS, self.n_params), self.dtype))  # kernels keep it 0
@@ -355,15 +362,28 @@ class Network:
         return cost_sum / m
 
     # ------------------------------------------------------------------ inference
-    def _forward(self, X):
-        """Output activations for a validated 2-D input array."""
+    def _forward(self, X, name="X"):
+        """Output activations (a view into a fresh buffer) for a 2-D input array.
+
+        ``X`` has been through ``_inputs``; non-finite values are detected by
+        the kernel and reported here.
+        """
         n = X.shape[0]
         ident = np.arange(n, dtype=np.int64)
-        A = np.empty((n, int(sum(self.sizes[1:]))), self.dtype)
+        A = np.empty((n, self._n_act), self.dtype)
         hid, out, _ = self._codes
-        kernels.forward(self.parameters, self._sizes, self._offs, self._aoff, hid, out, X,
-                        ident, A, _PREDICT_BLOCK)
+        bad = kernels.forward(self.parameters, self._sizes, self._offs, self._aoff, hid, out, X,
+                              ident, A, _PREDICT_BLOCK)
+        if bad:
+            self._raise_nonfinite(X, name)
         return A[:, self._aoff[-1]:]
+
+    def _raise_nonfinite(self, X, name):
+        self._check_finite(X, name)
+        if not np.isfinite(self.parameters).all():
+            raise ValueError("the network's parameters contain NaN or infinite values")
+        raise ValueError(f"{name} has values so large that the first layer overflows "
+                         f"in {self.dtype.name}")
 
     def feedforward(self, a):
         """Output of the network for input ``a``.
@@ -372,24 +392,35 @@ class Network:
         ``(n_in, 1)``; the output has the same form) or a batch
         ``(n, n_in)`` (output ``(n, n_out)``).
         """
+        if type(a) is np.ndarray and a.dtype == self.dtype and a.shape == self._one_shape:
+            return self._forward_one(a)  # latency path: one sample, already in form
         a_arr = np.asarray(a) if not isinstance(a, np.ndarray) else a
         n_in = self.sizes[0]
         if a_arr.ndim == 1:
-            return self._forward(self._inputs(a_arr.reshape(1, -1), "a"))[0].copy()
+            return self._forward_one(self._inputs(a_arr.reshape(1, -1), "a", False)[0])
         if a_arr.ndim == 2 and a_arr.shape == (n_in, 1) and n_in != 1:
-            return self._forward(self._inputs(a_arr.reshape(1, -1), "a")).reshape(-1, 1).copy()
-        return self._forward(self._inputs(a_arr, "a")).copy()
+            x = self._inputs(a_arr.reshape(1, -1), "a", False)[0]
+            return self._forward_one(x).reshape(-1, 1)
+        return self._forward(self._inputs(a_arr, "a", False), "a").copy()
+
+    def _forward_one(self, x):
+        a = np.empty(self._n_act, self.dtype)
+        hid, out, _ = self._codes
+        if kernels.forward_one(self.parameters, self._sizes, self._offs, self._aoff, hid, out,
+                               x if x.flags.c_contiguous else x.copy(), a):
+            self._raise_nonfinite(x, "a")
+        return a[self._aoff[-1]:]
 
     def predict_proba(self, X):
         """Output activations of each row of ``X`` normalised to sum to one."""
-        out = self._forward(self._inputs(X)).copy()
+        out = self._forward(self._inputs(X, check_finite=False)).copy()
         if self.output != "softmax":
             out /= out.sum(axis=1, keepdims=True)
         return out
 
     def predict(self, X):
         """Predicted class (index of the largest output) of each row of ``X``."""
-        return self._forward(self._inputs(X)).argmax(axis=1)
+        return self._forward(self._inputs(X, check_finite=False)).argmax(axis=1)
 
     def _count_correct(self, X, y):
         return int((self._forward(X).argmax(axis=1) == y).sum())
@@ -400,7 +431,7 @@ class Network:
 
     def accuracy(self, X, y):
         """Fraction of rows of ``X`` classified as ``y``."""
-        X = self._inputs(X)
+        X = self._inputs(X, check_finite=False)
         return self._count_correct(X, self._labels(y, X.shape[0])) / X.shape[0]
 
     # ------------------------------------------------------------------ cost and gradient

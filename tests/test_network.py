@@ -196,3 +196,35 @@ def test_bad_test_data_and_pairs():
         net.feedforward(np.zeros(4))
     with pytest.raises(ValueError, match="NaN"):
         net.predict(np.full((2, 5), np.nan))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_inference_rejects_non_finite_input_on_every_path(bad):
+    # inference leaves the NaN/inf check to the forward kernel's flag: every path must raise
+    net = Network([5, 4, 3], seed=0)
+    X = np.ones((9, 5), dtype=np.float32)
+    X[7, 2] = bad
+    for call in (net.predict, net.predict_proba, net.feedforward, lambda a: net.feedforward(a[7]),
+                 lambda a: net.feedforward(a[7].reshape(-1, 1)),
+                 lambda a: net.feedforward(a[7].astype(np.float64)),
+                 lambda a: net.accuracy(a, np.zeros(9, int))):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            call(X)
+
+
+def test_inference_reports_overflow_and_bad_parameters():
+    net = Network([5, 4, 3], seed=0, dtype=np.float32)
+    with pytest.raises(ValueError, match="overflows"):
+        net.predict(np.full((2, 5), 3e38, dtype=np.float32))
+    net.parameters[3] = np.nan
+    with pytest.raises(ValueError, match="parameters contain NaN"):
+        net.feedforward(np.ones(5, dtype=np.float32))
+
+
+def test_single_sample_latency_path_matches_batch():
+    net = Network([30, 9, 7, 5], activation="tanh", cost="log_loss", seed=0, dtype=np.float64)
+    X, _ = make_data(6, 30, 5)
+    batch = net.feedforward(X)
+    for i in range(6):
+        np.testing.assert_allclose(net.feedforward(X[i]), batch[i], rtol=1e-12)
+        np.testing.assert_allclose(net.feedforward(np.asfortranarray(X)[i]), batch[i], rtol=1e-12)
