@@ -183,14 +183,35 @@ def _dense_forward(theta, woff, n_in, n_out, src, rows, c0, dst, d0, s0, s1):
             dst[i + 3, d0 + j] = a3 + b[j]
             j += 1
         i += 4
-    while i < s1:
+    while i < s1:  # remaining samples one by one, four neurons at a time
         x0 = src[rows[i], c0:c0 + n_in]
-        for j in range(n_out):
+        j = 0
+        while j + 4 <= n_out:
+            w = theta[woff + j * n_in:woff + (j + 1) * n_in]
+            v = theta[woff + (j + 1) * n_in:woff + (j + 2) * n_in]
+            u = theta[woff + (j + 2) * n_in:woff + (j + 3) * n_in]
+            t = theta[woff + (j + 3) * n_in:woff + (j + 4) * n_in]
+            a0 = zero
+            a1 = zero
+            a2 = zero
+            a3 = zero
+            for k in range(n_in):
+                a0 += w[k] * x0[k]
+                a1 += v[k] * x0[k]
+                a2 += u[k] * x0[k]
+                a3 += t[k] * x0[k]
+            dst[i, d0 + j] = a0 + b[j]
+            dst[i, d0 + j + 1] = a1 + b[j + 1]
+            dst[i, d0 + j + 2] = a2 + b[j + 2]
+            dst[i, d0 + j + 3] = a3 + b[j + 3]
+            j += 4
+        while j < n_out:
             w = theta[woff + j * n_in:woff + (j + 1) * n_in]
             a0 = zero
             for k in range(n_in):
                 a0 += w[k] * x0[k]
             dst[i, d0 + j] = a0 + b[j]
+            j += 1
         i += 1
 
 
@@ -234,14 +255,27 @@ def _dense_grad(g, woff, n_in, n_out, D, e0, src, rows, c0, s0, s1):
             gb[j] += (d0 + d1) + (d2 + d3)
             j += 1
         i += 4
-    while i < s1:
+    while i < s1:  # remaining samples one by one, two neurons at a time
         x0 = src[rows[i], c0:c0 + n_in]
-        for j in range(n_out):
+        j = 0
+        while j + 2 <= n_out:
+            gw = g[woff + j * n_in:woff + (j + 1) * n_in]
+            gv = g[woff + (j + 1) * n_in:woff + (j + 2) * n_in]
+            d0 = D[i, e0 + j]
+            e0_ = D[i, e0 + j + 1]
+            for k in range(n_in):
+                gw[k] += d0 * x0[k]
+                gv[k] += e0_ * x0[k]
+            gb[j] += d0
+            gb[j + 1] += e0_
+            j += 2
+        while j < n_out:
             gw = g[woff + j * n_in:woff + (j + 1) * n_in]
             d0 = D[i, e0 + j]
             for k in range(n_in):
                 gw[k] += d0 * x0[k]
             gb[j] += d0
+            j += 1
         i += 1
 
 

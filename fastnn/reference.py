@@ -154,32 +154,51 @@ def train_epoch_per_sample(theta, sizes, X, y, perm, m, eta, decay=0.0, hidden="
                            output="sigmoid", cost_name="quadratic", n_batches=None):
     """The classic loop of Nielsen's ``network.py``: backprop one sample at a time.
 
-    Same maths as :func:`train_epoch` (the gradients of a mini-batch are summed,
-    then applied), but each sample goes through the network on its own as a
-    column vector.  ``n_batches`` limits the run to the first mini-batches
+    Same maths as :func:`train_epoch`, written the way ``network.py`` is:
+    column vectors, ``backprop`` returning fresh per-layer gradient lists for
+    each sample, list comprehensions to accumulate them and to build the
+    updated weights.  The result is written back into ``theta`` after every
+    mini-batch.  ``n_batches`` limits the run to the first mini-batches
     (benchmarks time a fraction of the epoch and scale it).
     """
     hid, out, cc = _codes(hidden, output, cost_name)
-    weights, biases = unpack(theta, sizes)
+    W_views, b_views = unpack(theta, sizes)
+    weights = [W.copy() for W in W_views]
+    biases = [b.reshape(-1, 1).copy() for b in b_views]
     n_out = sizes[-1]
+
+    def backprop(x, label):
+        nabla_b = [np.zeros(b.shape, b.dtype) for b in biases]
+        nabla_w = [np.zeros(w.shape, w.dtype) for w in weights]
+        activation = x
+        activations = [x]
+        for l, (b, w) in enumerate(zip(biases, weights)):
+            z = np.dot(w, activation) + b
+            activation = activate(z.T, out if l == len(weights) - 1 else hid).T
+            activations.append(activation)
+        yv = np.zeros((n_out, 1), dtype=theta.dtype)
+        yv[label] = 1
+        delta = output_delta(activations[-1].T, yv.T, out, cc).T
+        nabla_b[-1] = delta
+        nabla_w[-1] = np.dot(delta, activations[-2].T)
+        for l in range(2, len(sizes)):
+            delta = np.dot(weights[-l + 1].T, delta) * derivative(activations[-l], hid)
+            nabla_b[-l] = delta
+            nabla_w[-l] = np.dot(delta, activations[-l - 1].T)
+        return nabla_b, nabla_w
+
     stop = len(perm) if n_batches is None else min(len(perm), n_batches * m)
     for b0 in range(0, stop, m):
-        rows = perm[b0:b0 + m]
-        nabla = np.zeros_like(theta)
-        nW, nb = unpack(nabla, sizes)
-        for r in rows:
-            a = X[r].reshape(-1, 1)
-            acts = [a]
-            for l, (W, b) in enumerate(zip(weights, biases)):
-                z = W @ acts[-1] + b.reshape(-1, 1)
-                act = out if l == len(weights) - 1 else hid
-                acts.append(activate(z.T, act).T)
-            yv = np.zeros((n_out, 1), dtype=theta.dtype)
-            yv[y[r]] = 1
-            delta = output_delta(acts[-1].T, yv.T, out, cc).T
-            for l in range(len(weights) - 1, -1, -1):
-                nW[l] += delta @ acts[l].T
-                nb[l] += delta.ravel()
-                if l > 0:
-                    delta = (weights[l].T @ delta) * derivative(acts[l], hid)
-        update(theta, nabla, len(rows), sizes, eta, decay)
+        mini_batch = [(X[r].reshape(-1, 1), y[r]) for r in perm[b0:b0 + m]]
+        nabla_b = [np.zeros(b.shape, b.dtype) for b in biases]
+        nabla_w = [np.zeros(w.shape, w.dtype) for w in weights]
+        for x, label in mini_batch:
+            delta_nabla_b, delta_nabla_w = backprop(x, label)
+            nabla_b = [nb + dnb for nb, dnb in zip(nabla_b, delta_nabla_b)]
+            nabla_w = [nw + dnw for nw, dnw in zip(nabla_w, delta_nabla_w)]
+        k = len(mini_batch)
+        weights = [(1 - eta * decay) * w - (eta / k) * nw for w, nw in zip(weights, nabla_w)]
+        biases = [b - (eta / k) * nb for b, nb in zip(biases, nabla_b)]
+    for W, b, w_new, b_new in zip(W_views, b_views, weights, biases):
+        W[...] = w_new
+        b[...] = b_new.ravel()

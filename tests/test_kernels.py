@@ -109,3 +109,15 @@ def test_same_seed_same_result_and_different_seed_differs():
         net.SGD((X, y), 2, 10, 1.0, quiet=True)
     assert np.array_equal(a.parameters, b.parameters)
     assert not np.array_equal(a.parameters, c.parameters)
+
+
+@pytest.mark.parametrize("hidden,output,cost", COMBOS[:4])
+def test_per_sample_baseline_matches_minibatch_reference(hidden, output, cost):
+    # the Nielsen-style per-sample loop (a benchmark baseline) computes the same epoch
+    X, y = make_data(95, SIZES[0], SIZES[-1])
+    net = _net(hidden, output, cost)
+    a, b = net.parameters.copy(), net.parameters.copy()
+    perm = np.random.default_rng(0).permutation(95)
+    reference.train_epoch(a, SIZES, X, y, perm, 10, 0.5, 0.01, hidden, output, cost)
+    reference.train_epoch_per_sample(b, SIZES, X, y, perm, 10, 0.5, 0.01, hidden, output, cost)
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
