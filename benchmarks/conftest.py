@@ -1,35 +1,14 @@
-"""pytest-benchmark suite: the workloads and contenders of fastnn.bench.
+"""pytest-benchmark suite over the workloads and contenders of fastnn.bench.
 
-Quick by default (a tenth of the training set, one round: it proves the suite
-works, as in CI).  ``FASTNN_BENCH=full`` runs the whole epochs with more
-rounds; ``python -m fastnn bench`` prints the same comparison as one table.
+``python -m fastnn bench`` prints the same comparison as one table.
 """
-
-import os
 
 import pytest
 
 from fastnn import bench
-
-FULL = os.environ.get("FASTNN_BENCH") == "full"
+from harness import FULL
 
 
 @pytest.fixture(scope="session")
 def data():
     return bench.load_data(quick=not FULL)
-
-
-def run_benchmark(benchmark, run, flops=None):
-    """Time ``run.fn`` with pytest-benchmark and attach epoch-level figures."""
-    rounds = 5 if FULL else 1
-    benchmark.pedantic(run.fn, rounds=rounds, iterations=1, warmup_rounds=1)
-    benchmark.extra_info.update(note=run.note, threads=str(run.threads), scale=run.scale,
-                                samples=run.samples)
-    if flops is not None:
-        benchmark.extra_info["gflop_per_epoch"] = flops / 1e9
-    stats = getattr(benchmark, "stats", None)
-    if stats is not None and getattr(stats, "stats", None) is not None:
-        med = stats.stats.median * run.scale
-        benchmark.extra_info["epoch_median_s"] = med
-        if flops is not None and med > 0:
-            benchmark.extra_info["gflops"] = flops / med / 1e9

@@ -3,7 +3,7 @@
 import pytest
 
 from fastnn import bench
-from conftest import run_benchmark
+from harness import run_benchmark
 
 CASES = [("W4-batch", "reference"), ("W4-batch", "fastnn-f32"),
          ("W4-single", "reference"), ("W4-single", "fastnn-f32")]

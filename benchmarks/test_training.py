@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fastnn import bench
-from conftest import run_benchmark
+from harness import run_benchmark
 
 
 @pytest.mark.parametrize("contender", list(bench.TRAIN_CONTENDERS))

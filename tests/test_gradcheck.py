@@ -5,7 +5,7 @@ import pytest
 from scipy.optimize import approx_fprime, check_grad
 
 from fastnn import Network
-from conftest import COMBOS, make_data
+from helpers import COMBOS, make_data
 
 
 @pytest.mark.parametrize("hidden,output,cost", COMBOS)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fastnn import Network, reference
-from conftest import COMBOS, make_data
+from helpers import COMBOS, make_data
 
 SIZES = [30, 9, 7, 5]
 

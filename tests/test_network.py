@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fastnn import Network
-from conftest import make_data
+from helpers import make_data
 
 
 def test_parameters_are_one_vector_with_views():

@@ -1,0 +1,17 @@
+"""Shared test data and parameter lists (imported by the test modules)."""
+
+import numpy as np
+
+COMBOS = [  # (hidden activation, output activation, cost)
+    (h, o, c)
+    for h in ("sigmoid", "relu", "tanh")
+    for o, c in (("sigmoid", "quadratic"), ("softmax", "quadratic"),
+                 ("sigmoid", "cross_entropy"), ("softmax", "log_loss"))
+]
+
+
+def make_data(n, n_in, n_out, seed=0, dtype=np.float64):
+    """Seeded inputs in [0, 1) with ~60% zeros (like MNIST pixels) and random labels."""
+    rng = np.random.default_rng(seed)
+    X = rng.random((n, n_in)) * (rng.random((n, n_in)) < 0.4)
+    return X.astype(dtype), rng.integers(0, n_out, n)

@@ -1,0 +1,34 @@
+"""The benchmark command: quick mode runs, writes JSON, compares against a saved result."""
+
+import json
+
+from fastnn import bench
+from fastnn.cli import main
+
+
+def test_flop_counts():
+    # 784-16-16-10: 12960 multiply-adds forward per sample; gradient the same; deltas 416
+    assert bench.forward_flops([784, 16, 16, 10], 1) == 2 * 12960
+    per_sample = 2 * 12960 * 2 + 2 * (256 + 160)
+    assert bench.train_flops([784, 16, 16, 10], 60000, 10) == per_sample * 60000 + 2 * 13002 * 6000
+
+
+def test_quick_bench_table_json_and_regression_check(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    args = ["bench", "--quick", "--no-compile", "--quiet", "--workloads", "W4",
+            "--json", str(out), "--plot", ""]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "W4-batch" in table and "fastnn-f32" in table and "reference" in table
+    report = json.loads(out.read_text())
+    rows = {(r["workload"], r["contender"]): r for r in report["results"]}
+    assert set(rows) == {("W4-batch", "reference"), ("W4-batch", "fastnn-f32"),
+                         ("W4-single", "reference"), ("W4-single", "fastnn-f32")}
+    assert all(r["median_s"] > 0 and r["samples_per_s"] > 0 for r in rows.values())
+    assert rows[("W4-batch", "reference")]["speedup"] == 1.0
+    assert report["peak_gflops"] > 0 and report["data"] in ("mnist", "synthetic")
+    # an earlier result 10x faster than this one must be flagged (exit status 1)
+    old = dict(report, results=[dict(r, median_s=r["median_s"] / 10) for r in report["results"]])
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert main(args + ["--compare", str(tmp_path / "old.json")]) == 1
+    assert "REGRESSION" in capsys.readouterr().out
