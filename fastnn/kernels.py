@@ -334,18 +334,35 @@ def _dense_backprop(theta, woff, n_in, n_out, D, e0, A, a0, act, s0, s1):
 
 
 @njit(**_opts)
+def _count_nonfinite(a):
+    bad = 0
+    for j in range(a.shape[0]):
+        if not np.isfinite(a[j]):
+            bad += 1
+    return bad
+
+
+@njit(**_opts)
 def _forward_chunk(theta, sizes, offs, aoff, hid, out, X, rows, ident, A, s0, s1):
-    """Forward pass of samples ``rows[s0:s1]`` of ``X``; outputs into ``A[s0:s1]``."""
+    """Forward pass of samples ``rows[s0:s1]`` of ``X``; outputs into ``A[s0:s1]``.
+
+    Returns the number of first-layer pre-activations that are not finite
+    (inference uses it to reject NaN/inf input; training ignores it).
+    """
     L = sizes.shape[0] - 1
+    bad = 0
     for l in range(L):
         if l == 0:
             _dense_forward(theta, offs[0], sizes[0], sizes[1], X, rows, 0, A, aoff[0], s0, s1)
+            for i in range(s0, s1):
+                bad += _count_nonfinite(A[i, aoff[0]:aoff[0] + sizes[1]])
         else:
             _dense_forward(theta, offs[l], sizes[l], sizes[l + 1], A, ident, aoff[l - 1],
                            A, aoff[l], s0, s1)
         act = out if l == L - 1 else hid
         for i in range(s0, s1):
             _activate(A[i, aoff[l]:aoff[l] + sizes[l + 1]], act)
+    return bad
 
 
 @njit(**_opts)
@@ -537,15 +554,6 @@ def gradient(theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, 
     return total
 
 
-@njit(**_opts)
-def _count_nonfinite(a):
-    bad = 0
-    for j in range(a.shape[0]):
-        if not np.isfinite(a[j]):
-            bad += 1
-    return bad
-
-
 @njit(parallel=True, **_opts)
 def forward(theta, sizes, offs, aoff, hid, out, X, ident, A, block):
     """Forward pass of all rows of ``X`` into ``A`` (``ident`` is ``arange(len(X))``).
@@ -562,26 +570,7 @@ def forward(theta, sizes, offs, aoff, hid, out, X, ident, A, block):
     for bi in prange(nblocks):
         s0 = bi * block
         s1 = min(s0 + block, n)
-        bad += _forward_one_block(theta, sizes, offs, aoff, hid, out, X, ident, A, s0, s1)
-    return bad
-
-
-@njit(**_opts)
-def _forward_one_block(theta, sizes, offs, aoff, hid, out, X, ident, A, s0, s1):
-    """``_forward_chunk`` that also counts non-finite first-layer pre-activations."""
-    L = sizes.shape[0] - 1
-    bad = 0
-    for l in range(L):
-        if l == 0:
-            _dense_forward(theta, offs[0], sizes[0], sizes[1], X, ident, 0, A, aoff[0], s0, s1)
-            for i in range(s0, s1):
-                bad += _count_nonfinite(A[i, aoff[0]:aoff[0] + sizes[1]])
-        else:
-            _dense_forward(theta, offs[l], sizes[l], sizes[l + 1], A, ident, aoff[l - 1],
-                           A, aoff[l], s0, s1)
-        act = out if l == L - 1 else hid
-        for i in range(s0, s1):
-            _activate(A[i, aoff[l]:aoff[l] + sizes[l + 1]], act)
+        bad += _forward_chunk(theta, sizes, offs, aoff, hid, out, X, ident, ident, A, s0, s1)
     return bad
 
 
