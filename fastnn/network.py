@@ -140,6 +140,8 @@ class Network:
         self._aoff = activation_offsets(sizes)
         self._n_act = int(sum(sizes[1:]))
         self._one_shape = (sizes[0],)
+        self._blocks = kernels.update_blocks(sizes, self._offs)
+        self._par_update = n_params >= kernels.PARALLEL_UPDATE_MIN
         self._codes = (HIDDEN_ACTIVATIONS[self.activation], OUTPUT_ACTIVATIONS[self.output],
                        COSTS[self.cost_name])
         self.parameters = np.empty(n_params, dtype=self.dtype)
@@ -333,14 +335,12 @@ class Network:
         X, y = self._data(training_data, "training_data")
         m = min(m, X.shape[0])
         ident, A, D, G = self._buffers(m)
-        blocks = kernels.update_blocks(self.sizes, self._offs)
-        par_update = self.n_params >= kernels.PARALLEL_UPDATE_MIN
         stats = np.zeros((kernels.MAX_CHUNKS, 2))
         args = self._kernel_args()
 
         def run_epoch(perm):
-            return kernels.train_epoch(*args, X, y, perm, m, ident, A, D, G, blocks, par_update,
-                                       eta, self.weight_decay, stats)
+            return kernels.train_epoch(*args, X, y, perm, m, ident, A, D, G, self._blocks,
+                                       self._par_update, eta, self.weight_decay, stats)
         return X, y, run_epoch
 
     def update_mini_batch(self, mini_batch, eta):
@@ -352,9 +352,8 @@ class Network:
         stats = np.zeros((kernels.MAX_CHUNKS, 2))
         saved = self.parameters.copy()
         cost_sum, _ = kernels.sgd_step(
-            *self._kernel_args(), X, y, ident, ident, A, D, G,
-            kernels.update_blocks(self.sizes, self._offs),
-            self.n_params >= kernels.PARALLEL_UPDATE_MIN, eta, self.weight_decay, stats)
+            *self._kernel_args(), X, y, ident, ident, A, D, G, self._blocks, self._par_update,
+            eta, self.weight_decay, stats)
         if not np.isfinite(self.parameters).all():
             self.parameters[...] = saved
             raise FloatingPointError("the update made the parameters NaN or infinite "
