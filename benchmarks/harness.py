@@ -5,6 +5,7 @@ works, as in CI).  ``FASTNN_BENCH=full`` runs whole epochs with more rounds.
 """
 
 import os
+import time
 
 FULL = os.environ.get("FASTNN_BENCH") == "full"
 
@@ -12,6 +13,8 @@ FULL = os.environ.get("FASTNN_BENCH") == "full"
 def run_benchmark(benchmark, run, flops=None):
     """Time ``run.fn`` with pytest-benchmark and attach epoch-level figures."""
     rounds = 5 if FULL else 1
+    if FULL:
+        time.sleep(0.5)  # let the previous contender's thread pools go idle (see fastnn.bench.time_run)
     benchmark.pedantic(run.fn, rounds=rounds, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(note=run.note, threads=str(run.threads), scale=run.scale,
                                 samples=run.samples)

@@ -340,12 +340,18 @@ def inference_runs(data, single_images=1000):
 
 # ----------------------------------------------------------------------------- timing
 
-def time_run(run, rounds, budget):
-    """Median seconds of ``run.fn`` (scaled to one epoch) after one warm-up call.
+def time_run(run, rounds, budget, settle=0.0):
+    """Times of ``run.fn`` (scaled to one epoch) after a pause and one warm-up call.
 
     Runs ``rounds`` timed calls, or fewer when one call already exceeds
-    ``budget`` seconds (at least one).
+    ``budget`` seconds (at least one).  The pause of ``settle`` seconds lets
+    the thread pools of whatever ran before go idle: OpenBLAS, OpenMP and XLA
+    workers spin for a while after their last task, and a contender timed
+    while they spin on the same cores runs up to 2-3x slower (fastnn's W4
+    batch right after the reference's BLAS products: 6.2 ms against 2.3 ms).
     """
+    if settle:
+        time.sleep(settle)
     run.fn()
     times = []
     for _ in range(rounds):
@@ -417,7 +423,7 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
     """Run every workload x contender, the sweeps and W4; returns the report dict."""
     import numba
     data = load_data(quick, data_dir)
-    rounds, budget = (2, 2.0) if quick else (7, 20.0)
+    rounds, budget, settle = (2, 2.0, 0.1) if quick else (7, 20.0, 0.5)
     cores = numba.config.NUMBA_NUM_THREADS
     results, skipped = [], []
     log(f"data: {data.source} ({len(data.X)} training images), {'quick' if quick else 'full'} "
@@ -426,7 +432,7 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
     log(f"float32 peak (BLAS matrix product): {peak:.1f} GFLOP/s")
 
     def record(wname, cname, batch, run, flops):
-        times = time_run(run, rounds, budget)
+        times = time_run(run, rounds, budget, settle)
         r = _result(wname, cname, batch, run, times, flops)
         results.append(r)
         log(f"  {wname:<10} {cname:<11} batch {batch:<5} threads {str(r.threads):<5} "
