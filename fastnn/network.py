@@ -52,6 +52,11 @@ def _positive_real(name, value, allow_zero=False):
     return float(value)
 
 
+def _use_neuron_split(sizes, m):
+    """Which epoch driver trains mini-batches of ``m`` (tests replace this to force one)."""
+    return kernels.use_neuron_split(sizes, m)
+
+
 @contextlib.contextmanager
 def num_threads(threads):
     """Run the enclosed code with ``numba.set_num_threads(threads)`` (None: leave as is)."""
@@ -338,9 +343,14 @@ class Network:
         stats = np.zeros((kernels.MAX_CHUNKS, 2))
         args = self._kernel_args()
 
-        def run_epoch(perm):
-            return kernels.train_epoch(*args, X, y, perm, m, ident, A, D, G, self._blocks,
-                                       self._par_update, eta, self.weight_decay, stats)
+        if _use_neuron_split(self.sizes, m):
+            def run_epoch(perm):
+                return kernels.train_epoch_split(*args, X, y, perm, m, ident, A, D, G, eta,
+                                                 self.weight_decay)
+        else:
+            def run_epoch(perm):
+                return kernels.train_epoch(*args, X, y, perm, m, ident, A, D, G, self._blocks,
+                                           self._par_update, eta, self.weight_decay, stats)
         return X, y, run_epoch
 
     def update_mini_batch(self, mini_batch, eta):

@@ -6,7 +6,7 @@ import numba
 import numpy as np
 import pytest
 
-from fastnn import Network, reference
+from fastnn import Network, kernels, network, reference
 from helpers import COMBOS, make_data
 
 SIZES = [30, 9, 7, 5]
@@ -58,16 +58,44 @@ def _epoch_pair(dtype, hidden="sigmoid", output="sigmoid", cost="quadratic", m=1
     return net, theta, h, c_ref / n, k_ref / n
 
 
+@pytest.fixture(params=["sample-split", "neuron-split"])
+def driver(request, monkeypatch):
+    """Force one of the two epoch drivers (kernels.train_epoch / kernels.train_epoch_split)."""
+    split = request.param == "neuron-split"
+    monkeypatch.setattr(network, "_use_neuron_split", lambda sizes, m: split)
+    return request.param
+
+
 @pytest.mark.parametrize("hidden,output,cost", COMBOS)
-def test_epoch_matches_reference_float64(hidden, output, cost):
-    net, theta, h, c_ref, acc_ref = _epoch_pair(np.float64, hidden, output, cost, m=7)
+@pytest.mark.parametrize("m", [7, 10])
+def test_epoch_matches_reference_float64(hidden, output, cost, m, driver):
+    net, theta, h, c_ref, acc_ref = _epoch_pair(np.float64, hidden, output, cost, m=m)
     np.testing.assert_allclose(net.parameters, theta, rtol=1e-10, atol=1e-10)
     assert h["train_cost"][0] == pytest.approx(c_ref, rel=1e-10)
     assert h["train_accuracy"][0] == acc_ref
 
 
+@pytest.mark.parametrize("sizes", [[30, 8, 5], [30, 9, 7, 5]])  # even and odd first layers
+@pytest.mark.parametrize("m", [1, 3, 4, 5, 6, 9, 13])  # every remainder of groups of four
+def test_neuron_split_epoch_matches_reference(sizes, m, monkeypatch):
+    monkeypatch.setattr(network, "_use_neuron_split", lambda sizes, m: True)
+    net, theta, h, c_ref, acc_ref = _epoch_pair(np.float64, m=m, n=203, sizes=sizes)
+    np.testing.assert_allclose(net.parameters, theta, rtol=1e-10, atol=1e-10)
+    assert h["train_cost"][0] == pytest.approx(c_ref, rel=1e-10)
+    assert h["train_accuracy"][0] == acc_ref
+
+
+def test_neuron_split_is_used_for_small_batches_of_first_layer_heavy_networks():
+    assert kernels.use_neuron_split([784, 16, 16, 10], 10)
+    assert kernels.use_neuron_split([784, 30, 10], 10)
+    assert not kernels.use_neuron_split([784, 30, 10], 64)  # large batch: split the samples
+    assert not kernels.use_neuron_split([784, 30, 10], 4)
+    assert not kernels.use_neuron_split([784, 128, 64, 10], 10)  # later layers too large
+    assert not kernels.use_neuron_split([784, 10], 10)  # no hidden layer
+
+
 @pytest.mark.parametrize("m", [1, 4, 10, 33])
-def test_epoch_matches_reference_float32(m):
+def test_epoch_matches_reference_float32(m, driver):
     # float32 rounds differently in fastnn (fused multiply-adds, blocked sums) and in NumPy's
     # BLAS; after one epoch (1003 samples) the parameters agree to 2e-4 relative to their scale.
     net, theta, h, c_ref, _ = _epoch_pair(np.float32, m=m)
@@ -86,7 +114,10 @@ def test_epoch_matches_reference_large_network():
     np.testing.assert_allclose(net.parameters, theta, rtol=1e-10, atol=1e-10)
 
 
+# the first two go through the neuron split, the others split the mini-batch by samples
 @pytest.mark.parametrize("sizes,m,hidden", [([784, 16, 16, 10], 10, "sigmoid"),
+                                            ([784, 31, 10], 9, "sigmoid"),
+                                            ([784, 16, 16, 10], 4, "relu"),
                                             ([784, 128, 64, 10], 64, "relu"),
                                             ([50, 20, 10], 1024, "tanh")])
 def test_bit_identical_across_thread_counts(sizes, m, hidden):
