@@ -446,6 +446,22 @@ def _output_delta(a, d, label, out, cost):
 
 
 @njit(**_opts)
+def _output_deltas(sizes, aoff, out, cost, y, rows, A, D, s0, s1):
+    """Output-layer deltas of samples ``s0:s1``; returns (sum of costs, number correct)."""
+    L = sizes.shape[0] - 1
+    c0 = aoff[L - 1]
+    total = 0.0
+    correct = 0
+    for i in range(s0, s1):
+        lab = y[rows[i]]
+        c, best = _output_delta(A[i, c0:c0 + sizes[L]], D[i, c0:c0 + sizes[L]], lab, out, cost)
+        total += c
+        if best == lab:
+            correct += 1
+    return total, correct
+
+
+@njit(**_opts)
 def _chunk_gradient(theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident,
                     A, D, G, gc, s0, s1):
     """Forward + backprop of samples ``s0:s1``; gradient *sums* added into ``G[gc]``.
@@ -455,15 +471,7 @@ def _chunk_gradient(theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident,
     L = sizes.shape[0] - 1
     g = G[gc]  # all zeros on entry (the update pass leaves it so)
     _forward_chunk(theta, sizes, offs, aoff, hid, out, X, rows, ident, A, s0, s1)
-    total = 0.0
-    correct = 0
-    for i in range(s0, s1):
-        lab = y[rows[i]]
-        c0 = aoff[L - 1]
-        c, best = _output_delta(A[i, c0:c0 + sizes[L]], D[i, c0:c0 + sizes[L]], lab, out, cost)
-        total += c
-        if best == lab:
-            correct += 1
+    total, correct = _output_deltas(sizes, aoff, out, cost, y, rows, A, D, s0, s1)
     for l in range(L - 1, -1, -1):
         if l == 0:
             _dense_grad(g, offs[0], sizes[0], sizes[1], D, aoff[0], X, rows, 0, s0, s1)
@@ -793,14 +801,9 @@ def train_epoch_split(theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, i
             act = out if l == L - 1 else hid
             for i in range(mb):
                 _activate(A[i, aoff[l]:aoff[l] + sizes[l + 1]], act)
-        c0 = aoff[L - 1]
-        for i in range(mb):
-            lab = y[rows[i]]
-            c, best = _output_delta(A[i, c0:c0 + sizes[L]], D[i, c0:c0 + sizes[L]], lab, out,
-                                    cost)
-            total += c
-            if best == lab:
-                correct += 1
+        c, k = _output_deltas(sizes, aoff, out, cost, y, rows, A, D, 0, mb)
+        total += c
+        correct += k
         for l in range(L - 1, 0, -1):  # down to the first layer's deltas D[:, 0:n1]
             _dense_grad(g, offs[l], sizes[l], sizes[l + 1], D, aoff[l], A, ident, aoff[l - 1],
                         0, mb)
