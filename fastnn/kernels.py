@@ -62,10 +62,13 @@ What makes the kernels fast (measured on the 2-core test machine)
   non-finite first-layer pre-activations instead of the Python layer scanning
   ``X`` first (which alone took longer than the forward pass of W4).
 
-What did not pay: prefetching in the sample-split driver (no gain); a sparse first layer (MNIST pixels are 81% zero) written as
-an input-major ``axpy`` over non-zero pixels ran 1.5-3x slower than the dense
-blocked dot products for 16-30 neurons, and faster only at 128; chunks of
-fewer than four samples lose the blocking.
+What did not pay: prefetching in the sample-split driver (no gain); a sparse
+first layer (MNIST pixels are 81% zero) written as an input-major ``axpy``
+over non-zero pixels ran 1.5-3x slower than the dense blocked dot products
+for 16-30 neurons, and faster only at 128; chunks of fewer than four samples
+lose the blocking.  Nor did sharing the blocked dot-product loops between
+:func:`_dense_forward` and :func:`_rows_forward` through a helper returning
+the eight sums: W1 on one thread 3-7% slower, so the loops stay written out.
 """
 
 import numpy as np
