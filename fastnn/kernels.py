@@ -42,15 +42,20 @@ What makes the kernels fast (measured on the 2-core test machine)
   per mini-batch (about 2 us with the OpenMP layer).
 * Small mini-batches (8-32 samples) of networks whose first layer holds
   nearly all parameters (W1, W2) split the *first layer by neurons* instead
-  (:func:`train_epoch_split`): each pair of neurons updates its own rows of
-  ``W`` and at once computes its outputs for the next mini-batch, in one
-  parallel region per step; the small later layers run serially in between.
-  Parameters and gradients then stay in their core's cache; splitting the
-  batch moves them between cores every step.  W1 on 2 threads: 56 ms against
-  64 ms, and much less exposed to the VM's bad phases (90 ms against 136 ms
-  measured in one of them); W2: 73 ms against 95 ms.  The next mini-batch's
-  input rows (random rows of the training set) are prefetched one step ahead
-  (``llvm.prefetch``): 80 to 70 ms on one thread.
+  (:func:`train_epoch_split`).  The whole epoch is one parallel region: a
+  team of one member per thread, each owning a range of neuron pairs whose
+  rows of ``W`` stay in its core's cache all epoch.  Per step a member runs
+  the small later layers itself (every member the same, on a private copy of
+  their parameters), updates its own rows with the step's deltas and at once
+  computes their outputs for the next mini-batch; then one spin barrier
+  (atomic counter).  Only first-layer outputs cross cores.  On this VM a
+  cache line takes 50 ns from core to core in some hours and 200 ns in
+  others, and the per-step fork/join of ``prange`` (about 2.3 us, plus the
+  lines it moves) had made two threads slower than one in the slow hours.
+  W1 on 2 threads: 48 ms, against 58-65 ms with a parallel region per step
+  and 60-64 ms splitting the batch; W2: 63 ms against 77 ms.  The next
+  mini-batch's input rows (random rows of the training set) are prefetched
+  one step ahead (``llvm.prefetch``): 80 to 70 ms on one thread.
 * A mini-batch of fewer than eight samples is one chunk and runs without a
   parallel region (W1 at batch 1 on 2 threads: 0.33 s with, 0.21 s without).
 * The update pass sums the chunk gradients, updates ``theta`` and zeroes the
@@ -71,6 +76,8 @@ lose the blocking.  Nor did sharing the blocked dot-product loops between
 the eight sums: W1 on one thread 3-7% slower, so the loops stay written out.
 """
 
+import platform
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -85,6 +92,9 @@ SPLIT_MAX_BATCH = 32
 SPLIT_MIN_SHARE = 0.95
 UPDATE_BLOCK = 8192
 PARALLEL_UPDATE_MIN = 65536
+_CLOSED = 1 << 40  # marks a closed team in the join counter
+_PATIENCE = 1 << 20  # spins (about 10-30 ms) to wait for the team's members
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 # reassoc/contract let LLVM vectorise reductions and fuse multiply-adds; no
 # nnan/ninf so that non-finite values are still detected.
@@ -100,6 +110,14 @@ _0 = np.float32(0.0)
 _1 = np.float32(1.0)
 
 
+def _item_pointer(context, builder, signature, args):
+    """LLVM pointer to ``arr[index]`` for an intrinsic called as ``f(arr, index, ...)``."""
+    aryty, idxty = signature.args[0], signature.args[1]
+    ary = context.make_array(aryty)(context, builder, args[0])
+    idx = context.cast(builder, args[1], idxty, types.intp)
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [idx], wraparound=False)
+
+
 @intrinsic
 def _prefetch(typingctx, arr, index):
     """Hint the CPU to start loading the cache line of ``arr[index]`` (1-D array).
@@ -113,10 +131,7 @@ def _prefetch(typingctx, arr, index):
     sig = types.void(arr, index)
 
     def codegen(context, builder, signature, args):
-        aryty, idxty = signature.args
-        ary = context.make_array(aryty)(context, builder, args[0])
-        idx = context.cast(builder, args[1], idxty, types.intp)
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [idx], wraparound=False)
+        ptr = _item_pointer(context, builder, signature, args)
         if getattr(ptr.type, "is_opaque", False):
             name = "llvm.prefetch.p0"
         else:  # typed pointers (older llvmlite)
@@ -126,6 +141,67 @@ def _prefetch(typingctx, arr, index):
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), name)
         builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _atomic_add(typingctx, arr, index, value):
+    """``arr[index] += value`` as one atomic read-modify-write; returns the old value."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.int64
+            and isinstance(index, types.Integer) and isinstance(value, types.Integer)):
+        return None
+    sig = types.int64(arr, index, value)
+
+    def codegen(context, builder, signature, args):
+        ptr = _item_pointer(context, builder, signature, args)
+        val = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.atomic_rmw("add", ptr, val, "seq_cst")
+    return sig, codegen
+
+
+@intrinsic
+def _atomic_load(typingctx, arr, index):
+    """``arr[index]`` read with acquire ordering (never cached in a register)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.int64
+            and isinstance(index, types.Integer)):
+        return None
+    sig = types.int64(arr, index)
+
+    def codegen(context, builder, signature, args):
+        ptr = _item_pointer(context, builder, signature, args)
+        return builder.load_atomic(ptr, "acquire", 8)
+    return sig, codegen
+
+
+@intrinsic
+def _atomic_cas(typingctx, arr, index, expected, new):
+    """Set ``arr[index] = new`` if it equals ``expected``, atomically; returns the old value."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.int64
+            and isinstance(index, types.Integer) and isinstance(expected, types.Integer)
+            and isinstance(new, types.Integer)):
+        return None
+    sig = types.int64(arr, index, expected, new)
+
+    def codegen(context, builder, signature, args):
+        ptr = _item_pointer(context, builder, signature, args)
+        exp = context.cast(builder, args[2], signature.args[2], types.int64)
+        val = context.cast(builder, args[3], signature.args[3], types.int64)
+        res = builder.cmpxchg(ptr, exp, val, "seq_cst", "seq_cst")
+        return builder.extract_value(res, 0)
+    return sig, codegen
+
+
+@intrinsic
+def _spin_pause(typingctx):
+    """The CPU's spin-wait hint (``pause`` on x86), nothing elsewhere."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if _X86:
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
+            builder.call(fn, [])
         return context.get_dummy_value()
     return sig, codegen
 
@@ -615,11 +691,11 @@ def use_neuron_split(sizes, m):
 
 
 @njit(**_opts)
-def _rows_update(theta, n_in, n_out, j, nj, X, rows, D, step, keep):
+def _rows_update(theta, bias, n_in, j, nj, X, rows, D, step, keep):
     """First layer, neurons ``j:j+nj`` (nj = 1 or 2): ``W <- keep*W - step*sum_i D[i,j] x_i``.
 
     ``x_i = X[rows[i]]``; the deltas are ``D[:, 0:n_out]``; the bias moves by
-    ``-step * sum_i D[i, j]``.  Samples go four at a time; when fewer than
+    ``-step * sum_i D[i, j]`` (``bias[j]``).  Samples go four at a time; when fewer than
     four remain, the group is the last four samples with the deltas of those
     already counted set to zero, so every group runs the blocked loop and no
     sample counts twice.
@@ -665,17 +741,16 @@ def _rows_update(theta, n_in, n_out, j, nj, X, rows, D, step, keep):
                 for k in range(n_in):
                     w[k] = kk * w[k] - d0 * x0[k]
             i += 1
-    boff = n_in * n_out
     for t in range(nj):
         g = zero
         for i in range(m):
             g += D[i, j + t]
-        theta[boff + j + t] -= step * g
+        bias[j + t] -= step * g
 
 
 @njit(**_opts)
-def _rows_forward(theta, n_in, n_out, j, nj, X, rows, A, act):
-    """First layer, neurons ``j:j+nj``: ``A[i, j] = act(W[j] . X[rows[i]] + b[j])`` for all i.
+def _rows_forward(theta, bias, n_in, j, nj, X, rows, E, act):
+    """First layer, neurons ``j:j+nj``: ``E[j, i] = act(W[j] . X[rows[i]] + bias[j])`` for all i.
 
     Four samples at a time; a last group of fewer than four is taken as the
     last four samples (recomputing some outputs, with identical results).
@@ -683,9 +758,8 @@ def _rows_forward(theta, n_in, n_out, j, nj, X, rows, A, act):
     m = rows.shape[0]
     w = theta[j * n_in:(j + 1) * n_in]
     v = theta[(j + nj - 1) * n_in:(j + nj) * n_in]
-    boff = n_in * n_out
-    bw = theta[boff + j]
-    bv = theta[boff + j + nj - 1]
+    bw = bias[j]
+    bv = bias[j + nj - 1]
     zero = theta[0] * _0
     i = 0
     while i < m:
@@ -713,20 +787,20 @@ def _rows_forward(theta, n_in, n_out, j, nj, X, rows, A, act):
                     c1 += v[k] * x1[k]
                     c2 += v[k] * x2[k]
                     c3 += v[k] * x3[k]
-                A[s, j + 1] = c0 + bv
-                A[s + 1, j + 1] = c1 + bv
-                A[s + 2, j + 1] = c2 + bv
-                A[s + 3, j + 1] = c3 + bv
+                E[j + 1, s] = c0 + bv
+                E[j + 1, s + 1] = c1 + bv
+                E[j + 1, s + 2] = c2 + bv
+                E[j + 1, s + 3] = c3 + bv
             else:
                 for k in range(n_in):
                     a0 += w[k] * x0[k]
                     a1 += w[k] * x1[k]
                     a2 += w[k] * x2[k]
                     a3 += w[k] * x3[k]
-            A[s, j] = a0 + bw
-            A[s + 1, j] = a1 + bw
-            A[s + 2, j] = a2 + bw
-            A[s + 3, j] = a3 + bw
+            E[j, s] = a0 + bw
+            E[j, s + 1] = a1 + bw
+            E[j, s + 2] = a2 + bw
+            E[j, s + 3] = a3 + bw
             i = s + 4
         else:
             x0 = X[rows[i]]
@@ -735,93 +809,170 @@ def _rows_forward(theta, n_in, n_out, j, nj, X, rows, A, act):
             for k in range(n_in):
                 a0 += w[k] * x0[k]
                 c0 += v[k] * x0[k]
-            A[i, j] = a0 + bw
-            A[i, j + nj - 1] = c0 + bv
+            E[j, i] = a0 + bw
+            E[j + nj - 1, i] = c0 + bv
             i += 1
-    for i in range(m):
-        _activate(A[i, j:j + nj], act)
-
-
-@njit(parallel=True, **_opts)
-def _split_region(theta, n_in, n_out, X, rows_u, rows_f, rows_p, D, A, act, step, keep):
-    """One parallel region over pairs of first-layer neurons.
-
-    Each pair is updated with the deltas of the mini-batch ``rows_u``, then
-    (with its new weights) computes its outputs for the next mini-batch
-    ``rows_f``, and starts fetching the inputs of the one after, ``rows_p``.
-    A pair's arithmetic does not depend on which thread runs it.
-    """
-    nb = (n_out + 1) // 2
-    for jb in prange(nb):
-        j = 2 * jb
-        nj = min(2, n_out - j)
-        for r in range(jb, rows_p.shape[0], nb):  # each pair fetches a share of the rows
-            xr = X[rows_p[r]]
-            for k in range(0, n_in, 16):
-                _prefetch(xr, k)
-        if rows_u.shape[0] > 0:
-            _rows_update(theta, n_in, n_out, j, nj, X, rows_u, D, step, keep)
-        if rows_f.shape[0] > 0:
-            _rows_forward(theta, n_in, n_out, j, nj, X, rows_f, A, act)
+    for t in range(nj):
+        _activate(E[j + t, 0:m], act)
 
 
 @njit(**_opts)
-def train_epoch_split(theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, ident, A, D, G,
-                      eta, decay):
-    """:func:`train_epoch` with the first layer split by neurons instead of the batch by samples.
+def _prefetch_rows(X, rows, n_in):
+    """Start loading the input rows ``X[rows]`` into the cache."""
+    step = max(1, 64 // X.itemsize)
+    for r in range(rows.shape[0]):
+        xr = X[rows[r]]
+        for k in range(0, n_in, step):
+            _prefetch(xr, k)
 
-    For small mini-batches, where a parallel region per step costs as much as
-    the step's arithmetic.  Per step, one parallel region (:func:`_split_region`)
-    gives each pair of first-layer neurons its own rows of ``W``: it updates
-    them with this mini-batch's deltas and at once computes its outputs for
-    the next mini-batch, while the rows stay in the core's cache.  The layers
-    after the first (a few percent of the work) run serially in between:
-    forward, output delta, backpropagation down to the first layer's deltas,
-    and their own update.  Little data crosses cores per step (the first
-    layer's outputs and deltas), where splitting the batch moves all
-    parameters and a gradient.  Same exact SGD and the same results whatever
-    the thread count; differs from :func:`train_epoch` only in rounding.
-    ``G[0]`` is scratch for the later layers' gradient (zero on entry and exit).
+
+@njit(**_opts)
+def _join(sync, want, patience):
+    """Join the team that trains this epoch; returns ``(slot, team size)``, or ``(-1, 0)``.
+
+    ``sync[0]`` counts the members who have joined.  Members wait until all
+    ``want`` have joined.  If they do not within ``patience`` spins (the
+    threading layer ran iterations of the ``prange`` one after another, or
+    gave fewer threads), the first member closes the team as it stands:
+    ``sync[16]`` gets the team size and ``sync[0]`` the ``_CLOSED`` mark, so
+    late arrivals leave at once and the team never waits for a thread that
+    is not running.
     """
+    slot = _atomic_add(sync, 0, 1)
+    if slot >= _CLOSED:
+        return -1, 0
+    spins = 0
+    while True:
+        s = _atomic_load(sync, 0)
+        if s >= _CLOSED:
+            return slot, _atomic_load(sync, 16)
+        if s >= want:
+            return slot, want
+        spins += 1
+        if slot == 0 and spins > patience:  # the first member closes the team
+            sync[16] = s  # published by the CAS below (release)
+            if _atomic_cas(sync, 0, s, s + _CLOSED) == s:
+                return slot, s
+        _spin_pause()
+
+
+@njit(**_opts)
+def _barrier(sync, team, k):
+    """The ``k``-th barrier (1, 2, ...) of the team: returns once all ``team`` members reached it."""
+    _atomic_add(sync, 32, 1)
+    target = k * team
+    while _atomic_load(sync, 32) < target:
+        _spin_pause()
+
+
+@njit(**_opts)
+def _team_member(slot, team, theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, ident,
+                 A, D, P, G, E, sync, eta, decay, stats):
+    """One member's share of :func:`train_epoch_split` (see there)."""
     n = perm.shape[0]
     L = sizes.shape[0] - 1
     n_in = sizes[0]
     n1 = sizes[1]
+    npairs = (n1 + 1) // 2
+    j0 = 2 * (slot * npairs // team)  # this member's first-layer neurons j0:j1
+    j1 = min(2 * ((slot + 1) * npairs // team), n1)
+    base = n_in * n1  # theta[base:]: first-layer biases, then the later layers
+    Pt = P[slot]
+    Pt[:] = theta[base:]
+    bias = Pt[0:n1]
+    offp = offs - base  # the later layers' offsets in Pt
+    At = A[slot]
+    Dt = D[slot]
+    Gt = G[slot:slot + 1]
+    keep = theta.dtype.type(1.0 - eta * decay)
     total = 0.0
     correct = 0.0
-    keep = theta.dtype.type(1.0 - eta * decay)
-    none = perm[:0]
-    g = G[0]
-    _split_region(theta, n_in, n1, X, none, perm[0:min(m, n)], perm[min(m, n):min(2 * m, n)],
-                  D, A, hid, theta.dtype.type(0.0), keep)
+    _prefetch_rows(X, perm[0:min(2 * m, n)], n_in)
+    for j in range(j0, j1, 2):
+        _rows_forward(theta, bias, n_in, j, min(2, j1 - j), X, perm[0:min(m, n)], E[0], hid)
+    k = 1
+    _barrier(sync, team, k)
     for b0 in range(0, n, m):
         b1 = min(b0 + m, n)
         mb = b1 - b0
         rows = perm[b0:b1]
+        Eb = E[(b0 // m) % 2]
+        for i in range(mb):  # all first-layer outputs, this member's and the others'
+            for j in range(n1):
+                At[i, j] = Eb[j, i]
         for l in range(1, L):
-            _dense_forward(theta, offs[l], sizes[l], sizes[l + 1], A, ident, aoff[l - 1],
-                           A, aoff[l], 0, mb)
+            _dense_forward(Pt, offp[l], sizes[l], sizes[l + 1], At, ident, aoff[l - 1],
+                           At, aoff[l], 0, mb)
             act = out if l == L - 1 else hid
             for i in range(mb):
-                _activate(A[i, aoff[l]:aoff[l] + sizes[l + 1]], act)
-        c, k = _output_deltas(sizes, aoff, out, cost, y, rows, A, D, 0, mb)
+                _activate(At[i, aoff[l]:aoff[l] + sizes[l + 1]], act)
+        c, kk = _output_deltas(sizes, aoff, out, cost, y, rows, At, Dt, 0, mb)
         total += c
-        correct += k
-        for l in range(L - 1, 0, -1):  # down to the first layer's deltas D[:, 0:n1]
-            _dense_grad(g, offs[l], sizes[l], sizes[l + 1], D, aoff[l], A, ident, aoff[l - 1],
-                        0, mb)
-            _dense_backprop(theta, offs[l], sizes[l], sizes[l + 1], D, aoff[l], A,
+        correct += kk
+        for l in range(L - 1, 0, -1):  # down to the first layer's deltas Dt[:, 0:n1]
+            _dense_grad(Gt[0], offp[l], sizes[l], sizes[l + 1], Dt, aoff[l], At, ident,
+                        aoff[l - 1], 0, mb)
+            _dense_backprop(Pt, offp[l], sizes[l], sizes[l + 1], Dt, aoff[l], At,
                             aoff[l - 1], hid, 0, mb)
         step = eta / mb
         for l in range(1, L):
-            w0 = offs[l]
+            w0 = offp[l]
             bb = w0 + sizes[l] * sizes[l + 1]
-            _update_block(theta, G, 1, w0, bb, 1, step, 1.0 - eta * decay)
-            _update_block(theta, G, 1, bb, bb + sizes[l + 1], 0, step, 1.0)
-        _split_region(theta, n_in, n1, X, rows, perm[b1:min(b1 + m, n)],
-                      perm[min(b1 + m, n):min(b1 + 2 * m, n)], D, A, hid,
-                      theta.dtype.type(step), keep)
-    return total, correct
+            _update_block(Pt, Gt, 1, w0, bb, 1, step, 1.0 - eta * decay)
+            _update_block(Pt, Gt, 1, bb, bb + sizes[l + 1], 0, step, 1.0)
+        nxt = perm[b1:min(b1 + m, n)]
+        _prefetch_rows(X, perm[min(b1 + m, n):min(b1 + 2 * m, n)], n_in)
+        En = E[(b1 // m) % 2]
+        for j in range(j0, j1, 2):
+            nj = min(2, j1 - j)
+            _rows_update(theta, bias, n_in, j, nj, X, rows, Dt, theta.dtype.type(step), keep)
+            if nxt.shape[0] > 0:
+                _rows_forward(theta, bias, n_in, j, nj, X, nxt, En, hid)
+        if nxt.shape[0] > 0:
+            k += 1
+            _barrier(sync, team, k)
+    theta[base + j0:base + j1] = bias[j0:j1]
+    if slot == 0:
+        theta[base + n1:] = Pt[n1:]
+        stats[0, 0] = total
+        stats[0, 1] = correct
+
+
+@njit(parallel=True, **_opts)
+def train_epoch_split(theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, ident,
+                      A, D, P, G, E, sync, want, eta, decay, stats):
+    """:func:`train_epoch` with the first layer split by neurons instead of the batch by samples.
+
+    For small mini-batches, where a parallel region per step would cost as
+    much as the step's arithmetic.  The whole epoch is one parallel region.
+    Its ``want`` members (at most one per thread) each own a contiguous
+    range of first-layer neuron pairs, whose rows of ``W`` stay in the
+    member's cache all epoch.  Per mini-batch, each member
+
+    1. gathers the first-layer outputs of all members (from ``E``);
+    2. runs the small later layers itself on a private copy of their
+       parameters (``P[slot]``, identical in every member): forward, output
+       deltas, backpropagation down to the first layer's deltas, update;
+    3. updates its own first-layer rows with the mini-batch's deltas and at
+       once computes their outputs for the next mini-batch into ``E`` (two
+       buffers, alternating), and prefetches the inputs of the one after;
+    4. waits at a barrier for the others.
+
+    One barrier per step; only the first-layer outputs cross cores.  Each
+    pair's arithmetic, and the later layers', is the same whatever the team
+    size, so results are bit-identical for any thread count; they differ
+    from :func:`train_epoch` only in rounding.  Buffers: ``A``, ``D``: (want,
+    m, H); ``P``: (want, n_params - sizes[0]*sizes[1]); ``G``: (want, same);
+    all zero; ``E``: (2, sizes[1], >= m); ``sync``: int64, 48 entries.
+    """
+    for i in range(sync.shape[0]):
+        sync[i] = 0
+    for t in prange(want):
+        slot, team = _join(sync, want, _PATIENCE)
+        if slot >= 0:
+            _team_member(slot, team, theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m,
+                         ident, A, D, P, G, E, sync, eta, decay, stats)
+    return stats[0, 0], stats[0, 1]
 
 
 @njit(parallel=True, **_opts)

@@ -15,6 +15,7 @@ the kernels never see data they cannot handle.
 
 import contextlib
 import numbers
+import os
 import time
 
 import numba
@@ -55,6 +56,19 @@ def _positive_real(name, value, allow_zero=False):
 def _use_neuron_split(sizes, m):
     """Which epoch driver trains mini-batches of ``m`` (tests replace this to force one)."""
     return kernels.use_neuron_split(sizes, m)
+
+
+def _team_size(most):
+    """Members of the neuron-split team: one per Numba thread, at most ``most`` (tests replace it)."""
+    return min(numba.get_num_threads(), most)
+
+
+def _usable_cpus():
+    """CPUs this process may run on (the affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 @contextlib.contextmanager
@@ -339,15 +353,29 @@ class Network:
         eta = _positive_real("eta", eta)
         X, y = self._data(training_data, "training_data")
         m = min(m, X.shape[0])
-        ident, A, D, G = self._buffers(m)
         stats = np.zeros((kernels.MAX_CHUNKS, 2))
         args = self._kernel_args()
 
         if _use_neuron_split(self.sizes, m):
+            # one team member per thread (and per usable CPU: members wait for each other
+            # spinning), each with private buffers; see kernels.train_epoch_split
+            n1 = self.sizes[1]
+            most = min(numba.config.NUMBA_NUM_THREADS, _usable_cpus(), (n1 + 1) // 2)
+            rest = self.n_params - self.sizes[0] * n1
+            ident = np.arange(m, dtype=np.int64)
+            A = np.empty((most, m, self._n_act), self.dtype)
+            D = np.empty((most, m, self._n_act), self.dtype)
+            P = np.empty((most, rest), self.dtype)
+            G = np.zeros((most, rest), self.dtype)
+            E = np.empty((2, n1, -(-m // 16) * 16), self.dtype)
+            sync = np.zeros(48, np.int64)
+
             def run_epoch(perm):
-                return kernels.train_epoch_split(*args, X, y, perm, m, ident, A, D, G, eta,
-                                                 self.weight_decay)
+                return kernels.train_epoch_split(*args, X, y, perm, m, ident, A, D, P, G, E, sync,
+                                                 _team_size(most), eta, self.weight_decay, stats)
         else:
+            ident, A, D, G = self._buffers(m)
+
             def run_epoch(perm):
                 return kernels.train_epoch(*args, X, y, perm, m, ident, A, D, G, self._blocks,
                                            self._par_update, eta, self.weight_decay, stats)

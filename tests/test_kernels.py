@@ -85,6 +85,24 @@ def test_neuron_split_epoch_matches_reference(sizes, m, monkeypatch):
     assert h["train_accuracy"][0] == acc_ref
 
 
+@pytest.mark.parametrize("sizes,m", [([30, 8, 5], 10), ([30, 9, 7, 5], 3)])
+def test_neuron_split_team_trains_alone_when_its_members_run_one_after_another(
+        sizes, m, monkeypatch):
+    # The epoch's team waits for all members it asked for.  Asking for two with one thread,
+    # the threading layer runs the two iterations of the prange one after the other: the
+    # first member must stop waiting, close the team and train alone (no deadlock), and the
+    # late one must leave; the result is the same as with a team of one.
+    monkeypatch.setattr(network, "_use_neuron_split", lambda sizes, m: True)
+    X, y = make_data(300, sizes[0], sizes[-1], dtype=np.float32)
+    results = []
+    for team in (1, 2):
+        monkeypatch.setattr(network, "_team_size", lambda most, team=team: team)
+        net = Network(sizes, seed=2)
+        net.SGD((X, y), 2, m, 0.5, quiet=True, threads=1)
+        results.append(net.parameters.copy())
+    assert np.array_equal(results[0], results[1])
+
+
 def test_neuron_split_is_used_for_small_batches_of_first_layer_heavy_networks():
     assert kernels.use_neuron_split([784, 16, 16, 10], 10)
     assert kernels.use_neuron_split([784, 30, 10], 10)
