@@ -98,7 +98,9 @@ UPDATE_BLOCK = 8192
 PARALLEL_UPDATE_MIN = 65536
 _CLOSED = 1 << 40  # marks a closed team in the join counter
 _PATIENCE = 1 << 20  # spins (about 10-30 ms) to wait for the team's members
+_SPINS_BEFORE_YIELD = 2000  # a barrier wait longer than this (tens of us) yields the CPU
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+_HAS_SCHED_YIELD = platform.system() in ("Linux", "Darwin", "FreeBSD")
 
 # reassoc/contract let LLVM vectorise reductions and fuse multiply-adds; no
 # nnan/ninf so that non-finite values are still detected.
@@ -193,6 +195,20 @@ def _atomic_cas(typingctx, arr, index, expected, new):
         val = context.cast(builder, args[3], signature.args[3], types.int64)
         res = builder.cmpxchg(ptr, exp, val, "seq_cst", "seq_cst")
         return builder.extract_value(res, 0)
+    return sig, codegen
+
+
+@intrinsic
+def _yield_cpu(typingctx):
+    """Give the CPU to another runnable thread (``sched_yield``; nothing where it is missing)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if _HAS_SCHED_YIELD:
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+            builder.call(fn, [])
+        return context.get_dummy_value()
     return sig, codegen
 
 
@@ -974,11 +990,22 @@ def _join(sync, want, patience):
 
 @njit(**_opts)
 def _barrier(sync, team, k):
-    """The ``k``-th barrier (1, 2, ...) of the team: returns once all ``team`` members reached it."""
+    """The ``k``-th barrier (1, 2, ...) of the team: returns once all ``team`` members reached it.
+
+    Spins (a barrier usually takes well under a microsecond), then yields the
+    CPU: when more threads want to run than there are CPUs, a member that has
+    been descheduled gets a CPU back instead of waiting for the next time
+    slice while the others spin.
+    """
     _atomic_add(sync, 32, 1)
     target = k * team
+    spins = 0
     while _atomic_load(sync, 32) < target:
-        _spin_pause()
+        spins += 1
+        if spins > _SPINS_BEFORE_YIELD:  # a member is not running: let it have this CPU
+            _yield_cpu()
+        else:
+            _spin_pause()
 
 
 @njit(**_opts)
