@@ -1020,7 +1020,7 @@ def _team_member(slot, team, theta, sizes, offs, aoff, hid, out, cost, X, y, per
     j0 = 2 * (slot * npairs // team)  # this member's first-layer neurons j0:j1
     j1 = min(2 * ((slot + 1) * npairs // team), n1)
     base = n_in * n1  # theta[base:]: first-layer biases, then the later layers
-    Pt = P[slot]
+    Pt = P[slot, 0:theta.shape[0] - base]
     Pt[:] = theta[base:]
     bias = Pt[0:n1]
     offp = offs - base  # the later layers' offsets in Pt
@@ -1104,9 +1104,9 @@ def train_epoch_split(theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, i
     One barrier per step; only the first-layer outputs cross cores.  Each
     pair's arithmetic, and the later layers', is the same whatever the team
     size, so results are bit-identical for any thread count; they differ
-    from :func:`train_epoch` only in rounding.  Buffers: ``A``, ``D``: (want,
-    m, H); ``P``: (want, n_params - sizes[0]*sizes[1]); ``G``: (want, same);
-    all zero; ``E``: (2, sizes[1], >= m); ``sync``: int64, 48 entries.
+    from :func:`train_epoch` only in rounding.  Buffers (at least): ``A``,
+    ``D``: (want, m, H); ``P``: (want, n_params - sizes[0]*sizes[1]); ``G``:
+    the same, all zero; ``E``: (2, sizes[1], m); ``sync``: int64, 48 entries.
     """
     for i in range(sync.shape[0]):
         sync[i] = 0

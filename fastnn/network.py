@@ -58,6 +58,20 @@ def _use_neuron_split(sizes, m):
     return kernels.use_neuron_split(sizes, m)
 
 
+def _line_aligned_empty(shape, dtype):
+    """An uninitialised array whose data starts on a 64-byte boundary (a cache line).
+
+    The neuron-split team's members write neighbouring parts of shared arrays
+    (their rows of the parameter vector, their slices of the buffers); aligned
+    and padded to whole lines, no cache line is written by two cores.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def _team_size(most):
     """Members of the neuron-split team: one per Numba thread, at most ``most`` (tests replace it)."""
     return min(numba.get_num_threads(), most)
@@ -163,7 +177,7 @@ class Network:
         self._par_update = n_params >= kernels.PARALLEL_UPDATE_MIN
         self._codes = (HIDDEN_ACTIVATIONS[self.activation], OUTPUT_ACTIVATIONS[self.output],
                        COSTS[self.cost_name])
-        self.parameters = np.empty(n_params, dtype=self.dtype)
+        self.parameters = _line_aligned_empty(n_params, self.dtype)
         self.weights, self.biases = unpack(self.parameters, sizes)
         for W, b in zip(self.weights, self.biases):
             scale = 1.0 if init == "standard" else 1.0 / np.sqrt(W.shape[1])
@@ -358,16 +372,22 @@ class Network:
 
         if _use_neuron_split(self.sizes, m):
             # one team member per thread (and per usable CPU: members wait for each other
-            # spinning), each with private buffers; see kernels.train_epoch_split
+            # spinning), each with private buffers, every member's part starting on its own
+            # cache line; see kernels.train_epoch_split
             n1 = self.sizes[1]
             most = min(numba.config.NUMBA_NUM_THREADS, _usable_cpus(), (n1 + 1) // 2)
-            rest = self.n_params - self.sizes[0] * n1
+            per_line = 64 // self.dtype.itemsize
+
+            def lines(k):  # k values rounded up to whole cache lines
+                return -(-k // per_line) * per_line
+            rest = lines(self.n_params - self.sizes[0] * n1)
             ident = np.arange(m, dtype=np.int64)
-            A = np.empty((most, m, self._n_act), self.dtype)
-            D = np.empty((most, m, self._n_act), self.dtype)
-            P = np.empty((most, rest), self.dtype)
-            G = np.zeros((most, rest), self.dtype)
-            E = np.empty((2, n1, -(-m // 16) * 16), self.dtype)
+            A = _line_aligned_empty((most, m, lines(self._n_act)), self.dtype)
+            D = _line_aligned_empty((most, m, lines(self._n_act)), self.dtype)
+            P = _line_aligned_empty((most, rest), self.dtype)
+            G = _line_aligned_empty((most, rest), self.dtype)
+            G[...] = 0
+            E = _line_aligned_empty((2, n1, lines(m)), self.dtype)
             sync = np.zeros(48, np.int64)
 
             def run_epoch(perm):
