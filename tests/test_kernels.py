@@ -171,3 +171,14 @@ def test_per_sample_baseline_matches_minibatch_reference(hidden, output, cost):
     reference.train_epoch(a, SIZES, X, y, perm, 10, 0.5, 0.01, hidden, output, cost)
     reference.train_epoch_per_sample(b, SIZES, X, y, perm, 10, 0.5, 0.01, hidden, output, cost)
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_parameters_start_on_a_cache_line_and_stay_one_vector(dtype):
+    # the neuron-split members write neighbouring rows of the parameter vector; aligned to
+    # 64 bytes, rows of 784 float32/float64 values never share a cache line between members
+    net = Network([784, 16, 16, 10], dtype=dtype, seed=0)
+    assert net.parameters.ctypes.data % 64 == 0
+    assert net.parameters.dtype == dtype and net.parameters.flags.c_contiguous
+    net.weights[0][3, 5] = 42.0
+    assert net.parameters[3 * 784 + 5] == 42.0
