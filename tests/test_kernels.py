@@ -77,7 +77,8 @@ def test_epoch_matches_reference_float64(hidden, output, cost, m, driver):
 
 
 @pytest.mark.parametrize("sizes", [[30, 8, 5], [30, 9, 7, 5]])  # even and odd first layers
-@pytest.mark.parametrize("m", [1, 3, 4, 5, 6, 9, 13])  # every remainder of groups of four
+# every remainder of groups of four (m = 4, 6) and of five (5, 9, 10, 13, 17)
+@pytest.mark.parametrize("m", [1, 3, 4, 5, 6, 9, 10, 13, 17])
 def test_neuron_split_epoch_matches_reference(sizes, m, monkeypatch):
     monkeypatch.setattr(network, "_use_neuron_split", lambda sizes, m: True)
     net, theta, h, c_ref, acc_ref = _epoch_pair(np.float64, m=m, n=203, sizes=sizes)
@@ -102,6 +103,11 @@ def test_neuron_split_team_trains_alone_when_its_members_run_one_after_another(
         net.SGD((X, y), 2, m, 0.5, quiet=True, threads=1)
         results.append(net.parameters.copy())
     assert np.array_equal(results[0], results[1])
+
+
+def test_neuron_split_groups_of_four_or_five_whichever_wastes_less():
+    assert [kernels._group_size(m) for m in (1, 4, 5, 8, 9, 10, 12, 16, 20, 32)] == \
+        [4, 4, 5, 4, 5, 5, 4, 4, 5, 4]
 
 
 def test_neuron_split_is_used_for_small_batches_of_first_layer_heavy_networks():
