@@ -59,7 +59,10 @@ What makes the kernels fast (measured on the 2-core test machine)
   W1 on 2 threads: 48 ms, against 58-65 ms with a parallel region per step
   and 60-64 ms splitting the batch; W2: 63 ms against 77 ms.  The next
   mini-batch's input rows (random rows of the training set) are prefetched
-  one step ahead (``llvm.prefetch``): 80 to 70 ms on one thread.
+  one step ahead (``llvm.prefetch``): 80 to 70 ms on one thread.  Each
+  neuron pair runs over the mini-batch in groups of four or five samples,
+  whichever recomputes fewer (:func:`_group_size`); buffers and the parameter
+  vector are cache-line aligned so that no line is written by two members.
 * A mini-batch of fewer than eight samples is one chunk and runs without a
   parallel region (W1 at batch 1 on 2 threads: 0.33 s with, 0.21 s without).
 * The update pass sums the chunk gradients, updates ``theta`` and zeroes the
@@ -307,7 +310,7 @@ def _dense_forward(theta, woff, n_in, n_out, src, rows, c0, dst, d0, s0, s1):
         while j < n_out:
             nj = min(2, n_out - j)
             w = theta[woff + j * n_in:woff + (j + 1) * n_in]
-            v = theta[woff + (j + nj - 1) * n_in:woff + (j + nj) * n_in]
+            v = theta[woff + (j + nj - 1) * n_in:woff + (j + nj) * n_in]  # w when nj == 1
             a0 = zero
             a1 = zero
             a2 = zero
@@ -465,7 +468,7 @@ def _dense_grad(g, woff, n_in, n_out, D, e0, src, rows, c0, s0, s1):
         while j < n_out:
             nj = min(2, n_out - j)
             gw = g[woff + j * n_in:woff + (j + 1) * n_in]
-            gv = g[woff + (j + nj - 1) * n_in:woff + (j + nj) * n_in]
+            gv = g[woff + (j + nj - 1) * n_in:woff + (j + nj) * n_in]  # unused when nj == 1
             d0 = D[i, e0 + j]
             d1 = D[i + 1, e0 + j]
             d2 = D[i + 2, e0 + j]
@@ -850,11 +853,11 @@ def _rows_update(theta, bias, n_in, j, nj, X, rows, D, step, keep):
     w = theta[j * n_in:(j + 1) * n_in]
     v = theta[(j + nj - 1) * n_in:(j + nj) * n_in]  # the second row (w itself when nj == 1)
     zero = theta[0] * _0
-    g = _group_size(m)
+    gs = _group_size(m)
     i = 0
     while i < m:
         kk = keep if i == 0 else keep - keep + _1
-        if g == 5:
+        if gs == 5:
             s = min(i, m - 5)
             x0 = X[rows[s]]
             x1 = X[rows[s + 1]]
@@ -937,10 +940,10 @@ def _rows_forward(theta, bias, n_in, j, nj, X, rows, E, act):
     bw = bias[j]
     bv = bias[j + nj - 1]
     zero = theta[0] * _0
-    g = _group_size(m)
+    gs = _group_size(m)
     i = 0
     while i < m:
-        if g == 5:
+        if gs == 5:
             s = min(i, m - 5)
             x0 = X[rows[s]]
             x1 = X[rows[s + 1]]
@@ -1125,8 +1128,8 @@ def _team_member(slot, team, theta, sizes, offs, aoff, hid, out, cost, X, y, per
     _prefetch_rows(X, perm[0:min(2 * m, n)], n_in)
     for j in range(j0, j1, 2):
         _rows_forward(theta, bias, n_in, j, min(2, j1 - j), X, perm[0:min(m, n)], E[0], hid)
-    k = 1
-    _barrier(sync, team, k)
+    phase = 1
+    _barrier(sync, team, phase)
     for b0 in range(0, n, m):
         b1 = min(b0 + m, n)
         mb = b1 - b0
@@ -1164,8 +1167,8 @@ def _team_member(slot, team, theta, sizes, offs, aoff, hid, out, cost, X, y, per
             if nxt.shape[0] > 0:
                 _rows_forward(theta, bias, n_in, j, nj, X, nxt, En, hid)
         if nxt.shape[0] > 0:
-            k += 1
-            _barrier(sync, team, k)
+            phase += 1
+            _barrier(sync, team, phase)
     theta[base + j0:base + j1] = bias[j0:j1]
     if slot == 0:
         theta[base + n1:] = Pt[n1:]
@@ -1185,13 +1188,19 @@ def train_epoch_split(theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, i
     member's cache all epoch.  Per mini-batch, each member
 
     1. gathers the first-layer outputs of all members (from ``E``);
-    2. runs the small later layers itself on a private copy of their
-       parameters (``P[slot]``, identical in every member): forward, output
-       deltas, backpropagation down to the first layer's deltas, update;
+    2. runs the small later layers itself on a private copy of all
+       parameters after the first layer's weights (``P[slot]``: the first
+       layer's biases and the later layers, identical in every member):
+       forward, output deltas, backpropagation down to the first layer's
+       deltas, update;
     3. updates its own first-layer rows with the mini-batch's deltas and at
        once computes their outputs for the next mini-batch into ``E`` (two
        buffers, alternating), and prefetches the inputs of the one after;
     4. waits at a barrier for the others.
+
+    Members join through :func:`_join`, which closes the team if the threading
+    layer does not run all ``want`` at once.  Returns (sum of costs, number
+    correct), like :func:`train_epoch`.
 
     One barrier per step; only the first-layer outputs cross cores.  Each
     pair's arithmetic, and the later layers', is the same whatever the team
