@@ -54,14 +54,14 @@ def _positive_real(name, value, allow_zero=False):
 
 
 def _use_neuron_split(sizes, m):
-    """Which epoch driver trains mini-batches of ``m`` (tests replace this to force one)."""
+    """Whether batches of ``m`` train with kernels.train_epoch_split (tests replace this)."""
     return kernels.use_neuron_split(sizes, m)
 
 
 def _line_aligned_empty(shape, dtype):
     """An uninitialised array whose data starts on a 64-byte boundary (a cache line).
 
-    The neuron-split team's members write neighbouring parts of shared arrays
+    The members of a training team write neighbouring parts of shared arrays
     (their rows of the parameter vector, their slices of the buffers); aligned
     and padded to whole lines, no cache line is written by two cores.
     """
@@ -72,8 +72,19 @@ def _line_aligned_empty(shape, dtype):
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
+def _whole_lines(k, dtype):
+    """``k`` values of ``dtype`` rounded up to whole 64-byte cache lines."""
+    per_line = 64 // np.dtype(dtype).itemsize
+    return -(-k // per_line) * per_line
+
+
+def _use_hybrid(sizes, m):
+    """Whether batches of ``m`` train with kernels.train_epoch_hybrid (tests replace this)."""
+    return kernels.use_hybrid(sizes, m)
+
+
 def _team_size(most):
-    """Members of the neuron-split team: one per Numba thread, at most ``most`` (tests replace it)."""
+    """Members of a training team: one per Numba thread, at most ``most`` (tests replace it)."""
     return min(numba.get_num_threads(), most)
 
 
@@ -370,29 +381,42 @@ class Network:
         stats = np.zeros((kernels.MAX_CHUNKS, 2))
         args = self._kernel_args()
 
-        if _use_neuron_split(self.sizes, m):
-            # one team member per thread (and per usable CPU: members wait for each other
-            # spinning), each with private buffers, every member's part starting on its own
-            # cache line; see kernels.train_epoch_split
+        hybrid = _use_hybrid(self.sizes, m)
+        if hybrid or _use_neuron_split(self.sizes, m):
+            # A team of one member per thread, and per usable CPU: members wait for each
+            # other spinning.  Each member's part of a shared buffer starts on its own cache
+            # line.  See kernels.train_epoch_hybrid and kernels.train_epoch_split.
             n1 = self.sizes[1]
-            most = min(numba.config.NUMBA_NUM_THREADS, _usable_cpus(), (n1 + 1) // 2)
-            per_line = 64 // self.dtype.itemsize
-
-            def lines(k):  # k values rounded up to whole cache lines
-                return -(-k // per_line) * per_line
-            rest = lines(self.n_params - self.sizes[0] * n1)
+            units = -(-n1 // kernels._HYBRID_BLOCK) if hybrid else (n1 + 1) // 2
+            most = min(numba.config.NUMBA_NUM_THREADS, _usable_cpus(), units)
+            H = _whole_lines(self._n_act, self.dtype)
             ident = np.arange(m, dtype=np.int64)
-            A = _line_aligned_empty((most, m, lines(self._n_act)), self.dtype)
-            D = _line_aligned_empty((most, m, lines(self._n_act)), self.dtype)
-            P = _line_aligned_empty((most, rest), self.dtype)
-            G = _line_aligned_empty((most, rest), self.dtype)
-            G[...] = 0
-            E = _line_aligned_empty((2, n1, lines(m)), self.dtype)
             sync = np.zeros(48, np.int64)
+            if hybrid:  # first-layer biases stay in the parameter vector
+                rest = _whole_lines(self.n_params - self.sizes[0] * n1 - n1, self.dtype)
+                A = _line_aligned_empty((m, H), self.dtype)
+                D = _line_aligned_empty((m, H), self.dtype)
+                P = _line_aligned_empty((most, rest), self.dtype)
+                G = _line_aligned_empty((kernels.MAX_CHUNKS, rest), self.dtype)
+                CS = np.zeros((kernels.MAX_CHUNKS, 2))
 
-            def run_epoch(perm):
-                return kernels.train_epoch_split(*args, X, y, perm, m, ident, A, D, P, G, E, sync,
-                                                 _team_size(most), eta, self.weight_decay, stats)
+                def run_epoch(perm):
+                    return kernels.train_epoch_hybrid(*args, X, y, perm, m, ident, A, D, P, G,
+                                                      CS, sync, _team_size(most), eta,
+                                                      self.weight_decay)
+            else:
+                rest = _whole_lines(self.n_params - self.sizes[0] * n1, self.dtype)
+                A = _line_aligned_empty((most, m, H), self.dtype)
+                D = _line_aligned_empty((most, m, H), self.dtype)
+                P = _line_aligned_empty((most, rest), self.dtype)
+                G = _line_aligned_empty((most, rest), self.dtype)
+                G[...] = 0
+                E = _line_aligned_empty((2, n1, _whole_lines(m, self.dtype)), self.dtype)
+
+                def run_epoch(perm):
+                    return kernels.train_epoch_split(*args, X, y, perm, m, ident, A, D, P, G, E,
+                                                     sync, _team_size(most), eta,
+                                                     self.weight_decay, stats)
         else:
             ident, A, D, G = self._buffers(m)
 

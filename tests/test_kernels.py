@@ -59,11 +59,12 @@ def _epoch_pair(dtype, hidden="sigmoid", output="sigmoid", cost="quadratic", m=1
     return net, theta, h, c_ref / n, k_ref / n
 
 
-@pytest.fixture(params=["sample-split", "neuron-split"])
+@pytest.fixture(params=["sample-split", "neuron-split", "hybrid"])
 def driver(request, monkeypatch):
-    """Force one of the two epoch drivers (kernels.train_epoch / kernels.train_epoch_split)."""
-    split = request.param == "neuron-split"
-    monkeypatch.setattr(network, "_use_neuron_split", lambda sizes, m: split)
+    """Force one of the epoch drivers (kernels.train_epoch / train_epoch_split / _hybrid)."""
+    monkeypatch.setattr(network, "_use_neuron_split",
+                        lambda sizes, m: request.param == "neuron-split")
+    monkeypatch.setattr(network, "_use_hybrid", lambda sizes, m: request.param == "hybrid")
     return request.param
 
 
@@ -110,6 +111,41 @@ def test_neuron_split_groups_of_four_or_five_whichever_wastes_less():
         [4, 4, 5, 4, 5, 5, 4, 4, 5, 4]
 
 
+# first layers of 48 and 40 neurons: blocks of 16, 16, 16 and 16, 16, 8, so a team of two
+# members owns unequal shares; m = 33 leaves a last batch of 1 (n = 199)
+@pytest.mark.parametrize("sizes", [[30, 48, 5], [30, 40, 7, 5]])
+@pytest.mark.parametrize("m", [8, 10, 33])
+def test_hybrid_epoch_matches_reference(sizes, m, monkeypatch):
+    monkeypatch.setattr(network, "_use_hybrid", lambda sizes, m: True)
+    net, theta, h, c_ref, acc_ref = _epoch_pair(np.float64, m=m, n=199, sizes=sizes)
+    np.testing.assert_allclose(net.parameters, theta, rtol=1e-10, atol=1e-10)
+    assert h["train_cost"][0] == pytest.approx(c_ref, rel=1e-10)
+    assert h["train_accuracy"][0] == acc_ref
+
+
+def test_hybrid_team_trains_alone_when_its_members_run_one_after_another(monkeypatch):
+    monkeypatch.setattr(network, "_use_hybrid", lambda sizes, m: True)
+    X, y = make_data(300, 30, 5, dtype=np.float32)
+    results = []
+    for team in (1, 2):
+        monkeypatch.setattr(network, "_team_size", lambda most, team=team: team)
+        net = Network([30, 48, 5], seed=2)
+        net.SGD((X, y), 2, 10, 0.5, quiet=True, threads=1)
+        results.append(net.parameters.copy())
+    assert np.array_equal(results[0], results[1])
+
+
+def test_hybrid_is_used_for_wide_first_layers():
+    assert kernels.use_hybrid([784, 128, 64, 10], 64)  # W3
+    assert kernels.use_hybrid([784, 128, 64, 10], 10)
+    assert kernels.use_hybrid([784, 32, 10], 1024)
+    assert not kernels.use_hybrid([784, 16, 16, 10], 10)  # one block: nothing to share
+    assert not kernels.use_hybrid([784, 30, 10], 64)
+    assert not kernels.use_hybrid([784, 128, 64, 10], 4)  # small batch: one chunk, no team
+    assert not kernels.use_hybrid([784, 32, 512, 10], 64)  # later layers too large
+    assert not kernels.use_hybrid([784, 128], 64)  # no later layer
+
+
 def test_neuron_split_is_used_for_small_batches_of_first_layer_heavy_networks():
     assert kernels.use_neuron_split([784, 16, 16, 10], 10)
     assert kernels.use_neuron_split([784, 30, 10], 10)
@@ -130,8 +166,9 @@ def test_epoch_matches_reference_float32(m, driver):
     assert h["train_cost"][0] == pytest.approx(c_ref, rel=1e-3)
 
 
-def test_epoch_matches_reference_large_network():
+def test_epoch_matches_reference_large_network(driver):
     # a network large enough for several chunks per mini-batch and the parallel update
+    # (sample split), several team members (hybrid, neuron split)
     sizes = [200, 300, 40, 10]
     net, theta, *_ = _epoch_pair(np.float64, "relu", "softmax", "log_loss", m=64, n=400,
                                  sizes=sizes, eta=0.05)
@@ -139,11 +176,13 @@ def test_epoch_matches_reference_large_network():
     np.testing.assert_allclose(net.parameters, theta, rtol=1e-10, atol=1e-10)
 
 
-# the first two go through the neuron split, the others split the mini-batch by samples
+# the first two go through the neuron split, the next two through the hybrid driver, the
+# others split the mini-batch by samples
 @pytest.mark.parametrize("sizes,m,hidden", [([784, 16, 16, 10], 10, "sigmoid"),
                                             ([784, 31, 10], 9, "sigmoid"),
-                                            ([784, 16, 16, 10], 4, "relu"),
                                             ([784, 128, 64, 10], 64, "relu"),
+                                            ([784, 40, 10], 12, "sigmoid"),
+                                            ([784, 16, 16, 10], 4, "relu"),
                                             ([50, 20, 10], 1024, "tanh")])
 def test_bit_identical_across_thread_counts(sizes, m, hidden):
     if numba.config.NUMBA_NUM_THREADS < 2:
