@@ -63,6 +63,16 @@ What makes the kernels fast (measured on the 2-core test machine)
   neuron pair runs over the mini-batch in groups of four or five samples,
   whichever recomputes fewer (:func:`_group_size`); buffers and the parameter
   vector are cache-line aligned so that no line is written by two members.
+* Wider first layers (32 neurons or more, at least 80% of the parameters;
+  W3) use the same kind of team in :func:`train_epoch_hybrid`: each member
+  owns blocks of 16 first-layer neurons, computes their outputs for the whole
+  mini-batch and later updates their rows in place (no gradient buffer for
+  the first layer), while the later layers run by fixed sample chunks.  Two
+  barriers per step.  Splitting W3's batch moved chunk gradients and updated
+  parameters (about 440 KB) between cores every step and ran 0.20-0.235 s in
+  the VM's slow hours; this moves about 40 KB.  W3 on 2 threads: 0.113 s
+  against 0.131 s in the same (fast) hour; 784-128-64-10 at batch 10: 0.25 s
+  against 0.56 s.
 * A mini-batch of fewer than eight samples is one chunk and runs without a
   parallel region (W1 at batch 1 on 2 threads: 0.33 s with, 0.21 s without).
 * The update pass sums the chunk gradients, updates ``theta`` and zeroes the
