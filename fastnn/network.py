@@ -78,6 +78,11 @@ def _whole_lines(k, dtype):
     return -(-k // per_line) * per_line
 
 
+def _use_sparse(sizes, m, density):
+    """Whether batches of ``m`` train with kernels.train_epoch_sparse (tests replace this)."""
+    return kernels.use_sparse(sizes, m, density)
+
+
 def _use_hybrid(sizes, m):
     """Whether batches of ``m`` train with kernels.train_epoch_hybrid (tests replace this)."""
     return kernels.use_hybrid(sizes, m)
@@ -216,12 +221,14 @@ class Network:
             raise ValueError(f"vector must have shape {self.parameters.shape}, got {vector.shape}")
         return unpack(vector, self.sizes)
 
-    def _inputs(self, X, name="X", check_finite=True):
+    def _inputs(self, X, name="X", check_finite=True, convert=True):
         """Validate ``X`` and return it as a C-contiguous 2-D array of the working dtype.
 
         Copies only when the dtype or memory order requires it; uint8 pixels are
         scaled to [0, 1].  ``check_finite=False`` leaves the NaN/inf check to
         the forward kernel (inference), which flags such rows as it goes.
+        ``convert=False`` returns the validated 2-D array as it is (for
+        :meth:`_sparse_inputs`, which converts only the non-zero values).
         """
         try:
             X = np.asarray(X)
@@ -237,17 +244,58 @@ class Network:
             raise ValueError(f"{name} must have shape (n_samples, {n_in}), got {X.shape}")
         if X.shape[0] == 0:
             raise ValueError(f"{name} is empty: need at least one sample")
+        if check_finite and X.dtype != np.uint8:
+            self._check_finite(X, name)
+        return self._working(X, name, check_finite) if convert else X
+
+    def _working(self, X, name, check_overflow=True):
+        """Validated inputs ``X`` as a C-contiguous array of the working dtype.
+
+        Copies only when the dtype or memory order requires it; uint8 pixels
+        are scaled to [0, 1].  Values too large for the working dtype raise a
+        ``ValueError`` unless ``check_overflow`` is False (inference, where
+        the forward kernel flags them).
+        """
         if X.dtype == np.uint8:
             out = X.astype(self.dtype)
             out /= 255
             return out
-        if check_finite:
-            self._check_finite(X, name)
         with np.errstate(over="ignore"):
             out = np.ascontiguousarray(X, dtype=self.dtype)
-        if check_finite and out.dtype != X.dtype and not np.isfinite(out).all():
+        if check_overflow and out.dtype != X.dtype and not np.isfinite(out).all():
             raise ValueError(f"{name} has values too large for {self.dtype.name}")
         return out
+
+    def _sparse_inputs(self, X, name):
+        """Validated inputs ``X`` (from ``_inputs(convert=False)``) in CSR form.
+
+        Returns ``(indptr, indices, values)``: the non-zero values of row ``i``
+        are ``values[indptr[i]:indptr[i+1]]`` at columns ``indices[...]``
+        (ascending; int16 where the columns allow, int32 otherwise),
+        converted to the working dtype as ``_working`` converts the whole
+        array (uint8 pixels scaled to [0, 1]).  The dense working copy is
+        never made, so the training set is copied once.
+        """
+        n = X.shape[0]
+        blocks = range(0, n, 1024)  # a block of rows at a time: small temporaries
+        indptr = np.zeros(n + 1, np.int64)
+        for r0 in blocks:
+            indptr[r0 + 1:r0 + 1025] = np.count_nonzero(X[r0:r0 + 1024], axis=1)
+        np.cumsum(indptr, out=indptr)
+        indices = np.empty(indptr[-1], np.int16 if X.shape[1] <= 32767 else np.int32)
+        values = np.empty(indptr[-1], self.dtype)
+        for r0 in blocks:
+            block = X[r0:r0 + 1024]
+            rows, cols = np.nonzero(block)
+            p0, p1 = indptr[r0], indptr[r0 + block.shape[0]]
+            indices[p0:p1] = cols
+            with np.errstate(over="ignore"):
+                values[p0:p1] = block[rows, cols]
+        if X.dtype == np.uint8:
+            values /= 255
+        elif values.dtype != X.dtype and not np.isfinite(values).all():
+            raise ValueError(f"{name} has values too large for {self.dtype.name}")
+        return indptr, indices, values
 
     def _check_finite(self, X, name):
         if np.issubdtype(X.dtype, np.floating) and not np.isfinite(X).all():
@@ -277,8 +325,11 @@ class Network:
             raise ValueError(f"{name}: target vectors must be one-hot (fastnn trains classifiers)")
         return Y.argmax(axis=1)
 
-    def _data(self, data, name):
-        """``(X, y)`` from an ``(X, y)`` pair of arrays or a sequence of ``(x, y)`` pairs."""
+    def _data(self, data, name, convert=True):
+        """``(X, y)`` from an ``(X, y)`` pair of arrays or a sequence of ``(x, y)`` pairs.
+
+        ``convert=False``: ``X`` validated but not converted (see ``_inputs``).
+        """
         if isinstance(data, (tuple, list)) and len(data) == 2 \
                 and not isinstance(data[0], (tuple, list)):
             X, y = data
@@ -294,7 +345,7 @@ class Network:
                 y = np.array([v.item() for v in ys])
             else:
                 y = self._from_one_hot(np.stack([np.ravel(v) for v in ys]), name)
-        X = self._inputs(X, name + " inputs")
+        X = self._inputs(X, name + " inputs", convert=convert)
         return X, self._labels(y, X.shape[0], name + " labels")
 
     def _buffers(self, m):
@@ -376,10 +427,38 @@ class Network:
         """
         m = _positive_int("mini_batch_size", mini_batch_size)
         eta = _positive_real("eta", eta)
-        X, y = self._data(training_data, "training_data")
+        X, y = self._data(training_data, "training_data", convert=False)
         m = min(m, X.shape[0])
         stats = np.zeros((kernels.MAX_CHUNKS, 2))
         args = self._kernel_args()
+
+        if _use_sparse(self.sizes, m, np.count_nonzero(X) / X.size):
+            # Sparse inputs: a team (one member per thread and usable CPU, at most one per
+            # chunk of the mini-batch), each member with a private copy of the parameters.
+            # See kernels.train_epoch_sparse.
+            csr = self._sparse_inputs(X, "training_data inputs")
+            n_in, n1 = self.sizes[0], self.sizes[1]
+            n1p = -(-n1 // kernels.LANES) * kernels.LANES
+            rest = self.n_params - n_in * n1
+            most = min(numba.config.NUMBA_NUM_THREADS, _usable_cpus(), kernels.sparse_chunks(m))
+            H = _whole_lines(self._n_act, self.dtype)
+            ident = np.arange(m, dtype=np.int64)
+            A = _line_aligned_empty((most, m, H), self.dtype)
+            D = _line_aligned_empty((2, m, H), self.dtype)
+            P = _line_aligned_empty((most, _whole_lines(n_in * n1p + rest, self.dtype)),
+                                    self.dtype)
+            G = _line_aligned_empty((2, kernels.MAX_CHUNKS, _whole_lines(rest, self.dtype)),
+                                    self.dtype)
+            Z = _line_aligned_empty((most, m, n1p), self.dtype)
+            CS = np.zeros((kernels.MAX_CHUNKS, 2))
+            sync = np.zeros(48, np.int64)
+
+            def run_epoch(perm):
+                return kernels.train_epoch_sparse(*args, *csr, y, perm, m, ident, A, D, P, G, Z,
+                                                  CS, sync, _team_size(most), eta,
+                                                  self.weight_decay)
+            return X, y, run_epoch
+        X = self._working(X, "training_data inputs")
 
         hybrid = _use_hybrid(self.sizes, m)
         if hybrid or _use_neuron_split(self.sizes, m):

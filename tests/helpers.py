@@ -10,8 +10,8 @@ COMBOS = [  # (hidden activation, output activation, cost)
 ]
 
 
-def make_data(n, n_in, n_out, seed=0, dtype=np.float64):
-    """Seeded inputs in [0, 1) with ~60% zeros (like MNIST pixels) and random labels."""
+def make_data(n, n_in, n_out, seed=0, dtype=np.float64, density=0.4):
+    """Seeded inputs in [0, 1), a fraction ``density`` of them non-zero, and random labels."""
     rng = np.random.default_rng(seed)
-    X = rng.random((n, n_in)) * (rng.random((n, n_in)) < 0.4)
+    X = rng.random((n, n_in)) * (rng.random((n, n_in)) < density)
     return X.astype(dtype), rng.integers(0, n_out, n)

@@ -59,9 +59,10 @@ def _epoch_pair(dtype, hidden="sigmoid", output="sigmoid", cost="quadratic", m=1
     return net, theta, h, c_ref / n, k_ref / n
 
 
-@pytest.fixture(params=["sample-split", "neuron-split", "hybrid"])
+@pytest.fixture(params=["sample-split", "neuron-split", "hybrid", "sparse"])
 def driver(request, monkeypatch):
-    """Force one of the epoch drivers (kernels.train_epoch / train_epoch_split / _hybrid)."""
+    """Force one of the epoch drivers (kernels.train_epoch / _split / _hybrid / _sparse)."""
+    monkeypatch.setattr(network, "_use_sparse", lambda sizes, m, density: request.param == "sparse")
     monkeypatch.setattr(network, "_use_neuron_split",
                         lambda sizes, m: request.param == "neuron-split")
     monkeypatch.setattr(network, "_use_hybrid", lambda sizes, m: request.param == "hybrid")
@@ -81,6 +82,7 @@ def test_epoch_matches_reference_float64(hidden, output, cost, m, driver):
 # every remainder of groups of four (m = 4, 6) and of five (5, 9, 10, 13, 17)
 @pytest.mark.parametrize("m", [1, 3, 4, 5, 6, 9, 10, 13, 17])
 def test_neuron_split_epoch_matches_reference(sizes, m, monkeypatch):
+    monkeypatch.setattr(network, "_use_sparse", lambda sizes, m, density: False)
     monkeypatch.setattr(network, "_use_neuron_split", lambda sizes, m: True)
     net, theta, h, c_ref, acc_ref = _epoch_pair(np.float64, m=m, n=203, sizes=sizes)
     np.testing.assert_allclose(net.parameters, theta, rtol=1e-10, atol=1e-10)
@@ -95,6 +97,7 @@ def test_neuron_split_team_trains_alone_when_its_members_run_one_after_another(
     # the threading layer runs the two iterations of the prange one after the other: the
     # first member must stop waiting, close the team and train alone (no deadlock), and the
     # late one must leave; the result is the same as with a team of one.
+    monkeypatch.setattr(network, "_use_sparse", lambda sizes, m, density: False)
     monkeypatch.setattr(network, "_use_neuron_split", lambda sizes, m: True)
     X, y = make_data(300, sizes[0], sizes[-1], dtype=np.float32)
     results = []
@@ -116,6 +119,7 @@ def test_neuron_split_groups_of_four_or_five_whichever_wastes_less():
 @pytest.mark.parametrize("sizes", [[30, 48, 5], [30, 40, 7, 5]])
 @pytest.mark.parametrize("m", [8, 10, 33])
 def test_hybrid_epoch_matches_reference(sizes, m, monkeypatch):
+    monkeypatch.setattr(network, "_use_sparse", lambda sizes, m, density: False)
     monkeypatch.setattr(network, "_use_hybrid", lambda sizes, m: True)
     net, theta, h, c_ref, acc_ref = _epoch_pair(np.float64, m=m, n=199, sizes=sizes)
     np.testing.assert_allclose(net.parameters, theta, rtol=1e-10, atol=1e-10)
@@ -124,6 +128,7 @@ def test_hybrid_epoch_matches_reference(sizes, m, monkeypatch):
 
 
 def test_hybrid_team_trains_alone_when_its_members_run_one_after_another(monkeypatch):
+    monkeypatch.setattr(network, "_use_sparse", lambda sizes, m, density: False)
     monkeypatch.setattr(network, "_use_hybrid", lambda sizes, m: True)
     X, y = make_data(300, 30, 5, dtype=np.float32)
     results = []
@@ -176,17 +181,18 @@ def test_epoch_matches_reference_large_network(driver):
     np.testing.assert_allclose(net.parameters, theta, rtol=1e-10, atol=1e-10)
 
 
-# the first two go through the neuron split, the next two through the hybrid driver, the
-# others split the mini-batch by samples
+# (the sparse driver has its own in test_sparse.py) the first two go through the neuron split, the next two through the hybrid driver, the others split the
+# mini-batch by samples
 @pytest.mark.parametrize("sizes,m,hidden", [([784, 16, 16, 10], 10, "sigmoid"),
                                             ([784, 31, 10], 9, "sigmoid"),
                                             ([784, 128, 64, 10], 64, "relu"),
                                             ([784, 40, 10], 12, "sigmoid"),
                                             ([784, 16, 16, 10], 4, "relu"),
                                             ([50, 20, 10], 1024, "tanh")])
-def test_bit_identical_across_thread_counts(sizes, m, hidden):
+def test_bit_identical_across_thread_counts(sizes, m, hidden, monkeypatch):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs at least 2 threads")
+    monkeypatch.setattr(network, "_use_sparse", lambda sizes, m, density: False)
     X, y = make_data(3000, sizes[0], sizes[-1], dtype=np.float32)
     results = []
     for threads in (1, 2, numba.config.NUMBA_NUM_THREADS):
