@@ -1645,6 +1645,41 @@ def use_sparse(sizes, m, density):
 
 
 @njit(**_opts)
+def sparse_rows(X, indptr, indices, values):
+    """The CSR form of the 2-D array ``X``: fills ``indptr``, ``indices``, ``values``.
+
+    Call with ``indptr`` of ``len(X) + 1`` and ``indices``/``values`` of
+    length ``indptr[-1]`` after :func:`count_nonzero_rows` filled
+    ``indptr[1:]``.  Row ``i``'s non-zeros are ``values[indptr[i]:indptr[i+1]]``
+    at columns ``indices[...]``, ascending; each value is converted to
+    ``values.dtype`` as NumPy's ``astype`` would (one pass, no temporaries:
+    NumPy's ``nonzero`` and fancy indexing took 0.2-0.3 s for MNIST).
+    """
+    p = 0
+    indptr[0] = 0
+    for i in range(X.shape[0]):
+        for k in range(X.shape[1]):
+            if X[i, k] != 0:
+                indices[p] = k
+                values[p] = X[i, k]
+                p += 1
+        indptr[i + 1] = p
+
+
+@njit(**_opts)
+def count_nonzero_rows(X, counts):
+    """``counts[i]`` = the number of non-zero values in row ``i`` of ``X``; returns the total."""
+    total = 0
+    for i in range(X.shape[0]):
+        c = 0
+        for k in range(X.shape[1]):
+            c += X[i, k] != 0
+        counts[i] = c
+        total += c
+    return total
+
+
+@njit(**_opts)
 def sparse_chunks(m):
     """Chunks of a mini-batch of ``m`` in :func:`train_epoch_sparse` (never the thread count)."""
     return max(1, min(MAX_CHUNKS, m // SPARSE_SAMPLES_PER_CHUNK))

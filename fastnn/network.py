@@ -276,21 +276,11 @@ class Network:
         array (uint8 pixels scaled to [0, 1]).  The dense working copy is
         never made, so the training set is copied once.
         """
-        n = X.shape[0]
-        blocks = range(0, n, 1024)  # a block of rows at a time: small temporaries
-        indptr = np.zeros(n + 1, np.int64)
-        for r0 in blocks:
-            indptr[r0 + 1:r0 + 1025] = np.count_nonzero(X[r0:r0 + 1024], axis=1)
-        np.cumsum(indptr, out=indptr)
-        indices = np.empty(indptr[-1], np.int16 if X.shape[1] <= 32767 else np.int32)
-        values = np.empty(indptr[-1], self.dtype)
-        for r0 in blocks:
-            block = X[r0:r0 + 1024]
-            rows, cols = np.nonzero(block)
-            p0, p1 = indptr[r0], indptr[r0 + block.shape[0]]
-            indices[p0:p1] = cols
-            with np.errstate(over="ignore"):
-                values[p0:p1] = block[rows, cols]
+        indptr = np.empty(X.shape[0] + 1, np.int64)
+        nnz = kernels.count_nonzero_rows(X, indptr[1:])
+        indices = np.empty(nnz, np.int16 if X.shape[1] <= 32767 else np.int32)
+        values = np.empty(nnz, self.dtype)
+        kernels.sparse_rows(X, indptr, indices, values)
         if X.dtype == np.uint8:
             values /= 255
         elif values.dtype != X.dtype and not np.isfinite(values).all():
