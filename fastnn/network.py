@@ -274,8 +274,13 @@ class Network:
         (ascending; int16 where the columns allow, int32 otherwise),
         converted to the working dtype as ``_working`` converts the whole
         array (uint8 pixels scaled to [0, 1]).  The dense working copy is
-        never made, so the training set is copied once.
+        never made, so the training set is copied once (except for dtypes the
+        kernels do not take, such as float16 or non-native byte order, which
+        are converted to the working dtype first).
         """
+        if not (X.dtype.isnative and X.dtype.kind in "iuf" and X.dtype.itemsize in (1, 2, 4, 8)
+                and X.dtype != np.float16):
+            X = self._working(X, name)
         indptr = np.empty(X.shape[0] + 1, np.int64)
         nnz = kernels.count_nonzero_rows(X, indptr[1:])
         indices = np.empty(nnz, np.int16 if X.shape[1] <= 32767 else np.int32)

@@ -133,6 +133,17 @@ def test_training_data_in_csr_form(dtype):
     assert np.array_equal(indptr[1:], np.cumsum(np.count_nonzero(pixels, axis=1)))
 
 
+@pytest.mark.parametrize("dtype", [">f8", "<f8", np.float16, np.int16, np.uint8])
+def test_sparse_driver_takes_every_real_dtype(dtype, sparse):
+    # the CSR kernels take native integers and float32/64; others are converted first
+    rng = np.random.default_rng(0)
+    ints = (rng.random((120, 30)) < 0.2) * rng.integers(1, 100, (120, 30))
+    X = ints.astype(dtype)
+    y = rng.integers(0, 4, 120)
+    Xref = ints / 255.0 if np.dtype(dtype) == np.uint8 else ints.astype(np.float64)
+    _assert_same_epoch(*_epoch_pair(X, y, [30, 12, 4], 10, eta=0.01, Xref=Xref))
+
+
 def test_sparse_inputs_too_large_for_float32_are_rejected():
     X, y = make_data(50, 30, 4, density=0.2)
     X[7, 3] = 1e300
