@@ -181,8 +181,9 @@ def test_epoch_matches_reference_large_network(driver):
     np.testing.assert_allclose(net.parameters, theta, rtol=1e-10, atol=1e-10)
 
 
-# (the sparse driver has its own in test_sparse.py) the first two go through the neuron split, the next two through the hybrid driver, the others split the
-# mini-batch by samples
+# (the sparse driver is off here: test_sparse.py has its own) the first two go through the
+# neuron split, the next two through the hybrid driver, the others split the mini-batch by
+# samples
 @pytest.mark.parametrize("sizes,m,hidden", [([784, 16, 16, 10], 10, "sigmoid"),
                                             ([784, 31, 10], 9, "sigmoid"),
                                             ([784, 128, 64, 10], 64, "relu"),
