@@ -19,8 +19,10 @@ What makes the kernels fast (measured on the 2-core test machine)
 * Memory order: ``W`` is row-major ``(n_out, n_in)``, so a neuron's weights and
   a sample's inputs are contiguous rows; the long inner loop runs over ``n_in``
   (784 in the first layer) and vectorises to full-width SIMD.  ``fastmath``
-  allows the reassociation a vectorised dot product needs; ``nnan``/``ninf``
-  are left out so non-finite values are still detected.
+  allows the reassociation a vectorised dot product needs, in the dot-product
+  kernels only (elsewhere it made a kernel compute differently when compiled
+  than when loaded from the cache; tested); ``nnan``/``ninf`` are left out so
+  non-finite values are still detected.
 * Row views, not ``base + k`` indexing: the inner loops index views
   (``w = theta[o:o + n_in]; w[k]``) with the loop counter.  With a computed
   offset Numba must allow for negative indices on every access, which stopped
@@ -139,12 +141,15 @@ _SPINS_BEFORE_YIELD = 2000  # a barrier wait longer than this (tens of us) yield
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 _HAS_SCHED_YIELD = platform.system() in ("Linux", "Darwin", "FreeBSD")
 
-# reassoc/contract let LLVM vectorise reductions and fuse multiply-adds; no
-# nnan/ninf so that non-finite values are still detected.
-_FM = {"reassoc", "contract", "nsz"}
-# error_model="numpy": a float division by zero gives inf/nan (caught by the Python layer
-# as divergence) instead of raising inside a parallel region.
-_opts = dict(cache=True, fastmath=_FM, nogil=True, error_model="numpy")
+# contract lets LLVM fuse multiply-adds; no nnan/ninf so that non-finite values are still
+# detected.  error_model="numpy": a float division by zero gives inf/nan (caught by the
+# Python layer as divergence) instead of raising inside a parallel region.
+_opts = dict(cache=True, fastmath={"contract", "nsz"}, nogil=True, error_model="numpy")
+# reassoc as well, only for the dot products, whose sums must be reordered to vectorise.
+# Everywhere else it let LLVM rewrite expressions differently when a kernel was compiled
+# than when the same kernel was loaded from Numba's cache (the sigmoid derivative
+# a*(1-a)), so a first run trained to other weights than every later one.
+_dot_opts = dict(_opts, fastmath={"reassoc", "contract", "nsz"})
 
 # float32 constants: Numba promotes float32 (op) float64-literal to float64, so
 # plain ``1.0`` would silently run float32 kernels in double precision.  A
@@ -426,10 +431,7 @@ _LN2_HI64, _LN2_LO64 = 6.93147180369123816490e-01, 1.90821492927058770002e-10
 _EXP_MAX32, _EXP_MIN32 = np.float32(88.3), np.float32(-87.3)
 
 
-_exact = dict(_opts, fastmath={"contract", "nsz"})  # no reassoc: it would undo the reduction
-
-
-@njit(inline="always", **_exact)
+@njit(inline="always", **_opts)
 def _exp32(x):
     """exp(x) in float32 (see :func:`_exp_inplace`)."""
     x = _EXP_MAX32 if x > _EXP_MAX32 else x
@@ -443,7 +445,7 @@ def _exp32(x):
     return _times_pow2(p, np.int32(k))
 
 
-@njit(inline="always", **_exact)
+@njit(inline="always", **_opts)
 def _exp64(x):
     """exp(x) in float64 (see :func:`_exp_inplace`)."""
     x = 709.0 if x > 709.0 else x
@@ -457,7 +459,7 @@ def _exp64(x):
     return _times_pow2(p, np.int64(k))
 
 
-@njit(inline="always", **_exact)
+@njit(inline="always", **_opts)
 def _exp_or_sigmoid(x, sigmoid, f32):
     """``1/(1 + exp(-x))`` if ``sigmoid``, else ``exp(x)``; float32 maths if ``f32``."""
     if sigmoid:
@@ -466,13 +468,14 @@ def _exp_or_sigmoid(x, sigmoid, f32):
     return _exp32(x) if f32 else _exp64(x)
 
 
-@njit(**_exact)
+@njit(**_opts)
 def _exp_inplace(a, sigmoid=False):
     """``a[j] = exp(a[j])`` (or the sigmoid ``1/(1 + exp(-a[j]))``) in vector registers.
 
     No call to libm: range reduction ``x = k ln2 + r`` (ln2 in two parts,
-    Cody-Waite), a polynomial for ``exp(r)`` and ``2**k`` from its bits;
-    within one ulp of ``np.exp`` (tested).  Arguments are clamped to the
+    Cody-Waite, which reassociation would undo: no ``reassoc`` here), a
+    polynomial for ``exp(r)`` and ``2**k`` from its bits; within one ulp of
+    ``np.exp`` (tested).  Arguments are clamped to the
     finite range of the dtype (results stay finite and normal: ``exp(-200)``
     gives about 1e-38 in float32, not 0); NaN stays NaN.  Blocks of 16 and 8
     with constant trip counts: activation vectors are short, and LLVM's
@@ -543,7 +546,7 @@ def _derivative(a, act):
 # base + k: Numba must otherwise handle negative indices on every access,
 # which stops LLVM from vectorising (3.6x slower for the first layer).
 
-@njit(**_opts)
+@njit(**_dot_opts)
 def _dense_forward(theta, woff, boff, n_in, n_out, src, rows, c0, dst, d0, s0, s1):
     """dst[i, d0+j] = b[j] + sum_k W[j, k] * src[rows[i], c0+k] for i in [s0, s1).
 
@@ -1185,7 +1188,7 @@ def _rows_update(theta, bias, n_in, j, nj, X, rows, D, step, keep):
         bias[j + t] -= step * g
 
 
-@njit(**_opts)
+@njit(**_dot_opts)
 def _rows_forward(theta, bias, n_in, j, nj, X, rows, E, act):
     """First layer, neurons ``j:j+nj``: ``E[j, i] = act(W[j] . X[rows[i]] + bias[j])`` for all i.
 
@@ -1912,7 +1915,7 @@ def forward(theta, sizes, offs, aoff, hid, out, X, ident, A, block):
     return bad
 
 
-@njit(**_opts)
+@njit(**_dot_opts)
 def forward_one(theta, sizes, offs, aoff, hid, out, x, a):
     """Forward pass of the single sample ``x`` (1-D) into ``a`` (length ``sum(sizes[1:])``).
 
