@@ -475,12 +475,12 @@ def _exp_inplace(a, sigmoid=False):
     No call to libm: range reduction ``x = k ln2 + r`` (ln2 in two parts,
     Cody-Waite, which reassociation would undo: no ``reassoc`` here), a
     polynomial for ``exp(r)`` and ``2**k`` from its bits; within one ulp of
-    ``np.exp`` (tested).  Arguments are clamped to the
-    finite range of the dtype (results stay finite and normal: ``exp(-200)``
-    gives about 1e-38 in float32, not 0); NaN stays NaN.  Blocks of 16 and 8
-    with constant trip counts: activation vectors are short, and LLVM's
-    vectorised loop would want 64 of them (run as scalars, 42 sigmoids a
-    sample took 8 ms per MNIST epoch, more than libm's 6 ms).
+    ``np.exp`` (tested).  Arguments are clamped to the finite range of the
+    dtype (results stay finite and normal: ``exp(-200)`` gives about 1e-38
+    in float32, not 0); NaN stays NaN.  Blocks of 16 and 8 with constant
+    trip counts: activation vectors are short, and LLVM's vectorised loop
+    would want 64 of them (run as scalars, 42 sigmoids a sample took 8 ms
+    per MNIST epoch, more than libm's 6 ms).
     """
     n = a.shape[0]
     f32 = a.itemsize == 4
