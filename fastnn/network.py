@@ -417,7 +417,8 @@ class Network:
         """Validate once and allocate once; returns ``(X, y, run_epoch)``.
 
         ``run_epoch(perm)`` trains one epoch over ``X[perm]`` in compiled code
-        and returns (sum of costs, number correct).  ``SGD`` and the
+        and returns (sum of costs, number correct); ``run_epoch.driver`` is
+        ``"sparse"`` when it skips zero inputs (kernels.train_epoch_sparse).  ``SGD`` and the
         benchmarks both use it.
         """
         m = _positive_int("mini_batch_size", mini_batch_size)
@@ -452,6 +453,7 @@ class Network:
                 return kernels.train_epoch_sparse(*args, *csr, y, perm, m, ident, A, D, P, G, Z,
                                                   CS, sync, _team_size(most), eta,
                                                   self.weight_decay)
+            run_epoch.driver = "sparse"  # the benchmark table says so
             return X, y, run_epoch
         X = self._working(X, "training_data inputs")
 

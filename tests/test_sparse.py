@@ -190,3 +190,18 @@ def test_exp_within_one_ulp_of_numpy(dtype):
     kernels._exp_inplace(sig, True)
     np.testing.assert_allclose(sig, 1 / (1 + np.exp(-x[:16].astype(np.float64))),
                                rtol=2 * np.finfo(dtype).eps)
+
+
+def test_benchmark_notes_the_driver_the_network_chose():
+    from fastnn import bench
+    w = dict(sizes=[30, 8, 4], activation="sigmoid", output="sigmoid", cost="quadratic",
+             batch=10, eta=0.5)
+    notes = []
+    for density in (0.2, 0.9):  # sparse, then dense enough for the dense drivers
+        X, y = make_data(200, 30, 4, dtype=np.float32, density=density)
+        assert (getattr(Network([30, 8, 4])._trainer((X, y), 10, 0.5)[2], "driver", None)
+                == ("sparse" if density < 0.5 else None))
+        notes.append(bench.fastnn_contender(np.float32)(w, bench.Data(X, y, X, y, "synthetic"),
+                                                        None).note)
+    assert notes[0].startswith("sparse driver") and "(80%)" in notes[0]
+    assert notes[1] == ""
