@@ -13,17 +13,32 @@ label or a one-hot column vector).  Inputs are validated and converted once;
 the kernels never see data they cannot handle.
 """
 
+from __future__ import annotations
+
 import contextlib
 import numbers
 import os
 import time
+from collections.abc import Sequence
+from typing import Any, Union
 
 import numba
 import numpy as np
+import numpy.typing as npt
 
 from . import kernels
-from .layout import (COSTS, HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS, activation_offsets,
-                     layer_offsets, unpack)
+from .layout import (
+    COSTS,
+    HIDDEN_ACTIVATIONS,
+    OUTPUT_ACTIVATIONS,
+    activation_offsets,
+    layer_offsets,
+    unpack,
+)
+
+#: Training or test data: ``(X, y)`` arrays, or a sequence of Nielsen-style ``(x, y)`` pairs.
+Data = Union[tuple[npt.ArrayLike, npt.ArrayLike], Sequence[tuple[npt.ArrayLike, npt.ArrayLike]]]
+History = dict[str, list[Any]]
 
 FORMAT_NAME = "fastnn-network"
 FORMAT_VERSION = 1
@@ -53,41 +68,6 @@ def _positive_real(name, value, allow_zero=False):
     return float(value)
 
 
-def _use_neuron_split(sizes, m):
-    """Whether batches of ``m`` train with kernels.train_epoch_split (tests replace this)."""
-    return kernels.use_neuron_split(sizes, m)
-
-
-def _line_aligned_empty(shape, dtype):
-    """An uninitialised array whose data starts on a 64-byte boundary (a cache line).
-
-    The members of a training team write neighbouring parts of shared arrays
-    (their rows of the parameter vector, their slices of the buffers); aligned
-    and padded to whole lines, no cache line is written by two cores.
-    """
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    raw = np.empty(nbytes + 64, np.uint8)
-    start = -raw.ctypes.data % 64
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
-
-
-def _whole_lines(k, dtype):
-    """``k`` values of ``dtype`` rounded up to whole 64-byte cache lines."""
-    per_line = 64 // np.dtype(dtype).itemsize
-    return -(-k // per_line) * per_line
-
-
-def _use_sparse(sizes, m, density):
-    """Whether batches of ``m`` train with kernels.train_epoch_sparse (tests replace this)."""
-    return kernels.use_sparse(sizes, m, density)
-
-
-def _use_hybrid(sizes, m):
-    """Whether batches of ``m`` train with kernels.train_epoch_hybrid (tests replace this)."""
-    return kernels.use_hybrid(sizes, m)
-
-
 def _team_size(most):
     """Members of a training team: one per Numba thread, at most ``most`` (tests replace it)."""
     return min(numba.get_num_threads(), most)
@@ -108,8 +88,11 @@ def num_threads(threads):
         yield
         return
     limit = numba.config.NUMBA_NUM_THREADS
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) \
-            or not 1 <= threads <= limit:
+    if (
+        isinstance(threads, bool)
+        or not isinstance(threads, numbers.Integral)
+        or not 1 <= threads <= limit
+    ):
         raise ValueError(f"threads must be an integer from 1 to {limit}, got {threads!r}")
     before = numba.get_num_threads()
     numba.set_num_threads(int(threads))
@@ -156,15 +139,26 @@ class Network:
         ``(sizes[l+1], sizes[l])``.
     """
 
-    def __init__(self, sizes, activation="sigmoid", output=None, cost="quadratic",
-                 weight_decay=0.0, init="scaled", dtype=np.float32, seed=None):
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str = "sigmoid",
+        output: str | None = None,
+        cost: str = "quadratic",
+        weight_decay: float = 0.0,
+        init: str = "scaled",
+        dtype: npt.DTypeLike = np.float32,
+        seed: int | None = None,
+    ) -> None:
         try:
             sizes = [int(s) for s in sizes] if not isinstance(sizes, (str, bytes)) else None
         except (TypeError, ValueError):
             sizes = None
         if sizes is None or len(sizes) < 2 or min(sizes) < 1:
-            raise ValueError("sizes must be a list of at least two positive layer sizes, "
-                             "input first, e.g. [784, 30, 10]")
+            raise ValueError(
+                "sizes must be a list of at least two positive layer sizes, "
+                "input first, e.g. [784, 30, 10]"
+            )
         self.sizes = sizes
         self.activation = _check_choice("activation", activation, HIDDEN_ACTIVATIONS)
         if output is None:
@@ -174,8 +168,9 @@ class Network:
         if cost == "log_loss" and output != "softmax":
             raise ValueError("cost='log_loss' needs output='softmax'")
         if cost == "cross_entropy" and output != "sigmoid":
-            raise ValueError("cost='cross_entropy' needs output='sigmoid' "
-                             "(use cost='log_loss' with softmax)")
+            raise ValueError(
+                "cost='cross_entropy' needs output='sigmoid' (use cost='log_loss' with softmax)"
+            )
         self.weight_decay = _positive_real("weight_decay", weight_decay, allow_zero=True)
         self.init = _check_choice("init", init, _INITS)
         if np.dtype(dtype) not in [np.dtype(d) for d in _DTYPES]:
@@ -189,11 +184,12 @@ class Network:
         self._aoff = activation_offsets(sizes)
         self._n_act = int(sum(sizes[1:]))
         self._one_shape = (sizes[0],)
-        self._blocks = kernels.update_blocks(sizes, self._offs)
-        self._par_update = n_params >= kernels.PARALLEL_UPDATE_MIN
-        self._codes = (HIDDEN_ACTIVATIONS[self.activation], OUTPUT_ACTIVATIONS[self.output],
-                       COSTS[self.cost_name])
-        self.parameters = _line_aligned_empty(n_params, self.dtype)
+        self._codes = (
+            HIDDEN_ACTIVATIONS[self.activation],
+            OUTPUT_ACTIVATIONS[self.output],
+            COSTS[self.cost_name],
+        )
+        self.parameters = kernels.line_aligned_empty(n_params, self.dtype)
         self.weights, self.biases = unpack(self.parameters, sizes)
         for W, b in zip(self.weights, self.biases):
             scale = 1.0 if init == "standard" else 1.0 / np.sqrt(W.shape[1])
@@ -202,19 +198,21 @@ class Network:
 
     # ------------------------------------------------------------------ helpers
     @property
-    def num_layers(self):
+    def num_layers(self) -> int:
         return len(self.sizes)
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
         return self.parameters.size
 
     def __repr__(self):
-        return (f"Network({self.sizes}, activation={self.activation!r}, output={self.output!r}, "
-                f"cost={self.cost_name!r}, weight_decay={self.weight_decay}, "
-                f"init={self.init!r}, dtype={self.dtype.name})")
+        return (
+            f"Network({self.sizes}, activation={self.activation!r}, output={self.output!r}, "
+            f"cost={self.cost_name!r}, weight_decay={self.weight_decay}, "
+            f"init={self.init!r}, dtype={self.dtype.name})"
+        )
 
-    def views(self, vector):
+    def views(self, vector: npt.ArrayLike) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per-layer ``(weights, biases)`` views into a flat vector laid out like ``parameters``."""
         vector = np.asarray(vector)
         if vector.shape != self.parameters.shape:
@@ -234,8 +232,9 @@ class Network:
             X = np.asarray(X)
         except (TypeError, ValueError) as e:
             raise TypeError(f"{name} must be a numeric array: {e}") from None
-        if X.dtype == bool or not (np.issubdtype(X.dtype, np.integer)
-                                   or np.issubdtype(X.dtype, np.floating)):
+        if X.dtype == bool or not (
+            np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating)
+        ):
             raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
         n_in = self.sizes[0]
         if X.ndim > 2 and int(np.prod(X.shape[1:])) == n_in:
@@ -278,14 +277,14 @@ class Network:
         kernels do not take, such as float16 or non-native byte order, which
         are converted to the working dtype first).
         """
-        if not (X.dtype.isnative and X.dtype.kind in "iuf" and X.dtype.itemsize in (1, 2, 4, 8)
-                and X.dtype != np.float16):
+        if not (
+            X.dtype.isnative
+            and X.dtype.kind in "iuf"
+            and X.dtype.itemsize in (1, 2, 4, 8)
+            and X.dtype != np.float16
+        ):
             X = self._working(X, name)
-        indptr = np.empty(X.shape[0] + 1, np.int64)
-        nnz = kernels.count_nonzero_rows(X, indptr[1:])
-        indices = np.empty(nnz, np.int16 if X.shape[1] <= 32767 else np.int32)
-        values = np.empty(nnz, self.dtype)
-        kernels.sparse_rows(X, indptr, indices, values)
+        indptr, indices, values = kernels.csr_rows(X, self.dtype)
         if X.dtype == np.uint8:
             values /= 255
         elif values.dtype != X.dtype and not np.isfinite(values).all():
@@ -310,8 +309,7 @@ class Network:
         y = y.astype(np.int64)
         k = self.sizes[-1]
         if y.min() < 0 or y.max() >= k:
-            raise ValueError(f"{name} has labels outside 0..{k - 1} "
-                             f"(min {y.min()}, max {y.max()})")
+            raise ValueError(f"{name} has labels outside 0..{k - 1} (min {y.min()}, max {y.max()})")
         return y
 
     def _from_one_hot(self, Y, name):
@@ -325,8 +323,11 @@ class Network:
 
         ``convert=False``: ``X`` validated but not converted (see ``_inputs``).
         """
-        if isinstance(data, (tuple, list)) and len(data) == 2 \
-                and not isinstance(data[0], (tuple, list)):
+        if (
+            isinstance(data, (tuple, list))
+            and len(data) == 2
+            and not isinstance(data[0], (tuple, list))
+        ):
             X, y = data
         else:
             pairs = list(data) if data is not None else []
@@ -343,20 +344,23 @@ class Network:
         X = self._inputs(X, name + " inputs", convert=convert)
         return X, self._labels(y, X.shape[0], name + " labels")
 
-    def _buffers(self, m):
-        """Activation, delta, gradient buffers for mini-batches of up to ``m`` samples."""
-        H = self._n_act
-        return (np.arange(m, dtype=np.int64), np.empty((m, H), self.dtype),
-                np.empty((m, H), self.dtype),
-                np.zeros((kernels.MAX_CHUNKS, self.n_params), self.dtype))  # kernels keep it 0
-
     def _kernel_args(self):
         hid, out, cost = self._codes
         return (self.parameters, self._sizes, self._offs, self._aoff, hid, out, cost)
 
     # ------------------------------------------------------------------ training
-    def SGD(self, training_data, epochs, mini_batch_size, eta, test_data=None, quiet=False,
-            threads=None):
+    def SGD(
+        self,
+        training_data: Data,
+        epochs: int,
+        mini_batch_size: int,
+        eta: float,
+        test_data: Data | None = None,
+        quiet: bool = False,
+        threads: int | None = None,
+        *,
+        _driver: str | None = None,
+    ) -> History:
         """Train by mini-batch stochastic gradient descent.
 
         Every epoch shuffles the training data (with the network's seeded
@@ -377,11 +381,20 @@ class Network:
         ``seconds`` (training time of the epoch, evaluation excluded).
         """
         epochs = _positive_int("epochs", epochs)
-        X, y, run_epoch = self._trainer(training_data, mini_batch_size, eta)
+        X, y, run_epoch = self._trainer(training_data, mini_batch_size, eta, _driver)
         test = self._data(test_data, "test_data") if test_data is not None else None
         n = X.shape[0]
-        history = {k: [] for k in ("epoch", "train_cost", "train_accuracy", "test_accuracy",
-                                   "test_correct", "seconds")}
+        history = {
+            k: []
+            for k in (
+                "epoch",
+                "train_cost",
+                "train_accuracy",
+                "test_accuracy",
+                "test_correct",
+                "seconds",
+            )
+        }
         with num_threads(threads):
             for epoch in range(epochs):
                 perm = self._rng.permutation(n)
@@ -394,7 +407,8 @@ class Network:
                     raise FloatingPointError(
                         f"training diverged in epoch {epoch}: parameters became NaN or infinite "
                         f"(eta={eta}); the parameters from before the epoch were restored. "
-                        "Try a smaller eta.")
+                        "Try a smaller eta."
+                    )
                 history["epoch"].append(epoch)
                 history["train_cost"].append(cost_sum / n)
                 history["train_accuracy"].append(correct / n)
@@ -404,8 +418,10 @@ class Network:
                     history["test_correct"].append(k)
                     history["test_accuracy"].append(k / test[0].shape[0])
                     if not quiet:
-                        print(f"Epoch {epoch}: {k} / {test[0].shape[0]}  ({seconds:.3f} s)",
-                              flush=True)
+                        print(
+                            f"Epoch {epoch}: {k} / {test[0].shape[0]}  ({seconds:.3f} s)",
+                            flush=True,
+                        )
                 else:
                     history["test_correct"].append(None)
                     history["test_accuracy"].append(None)
@@ -413,109 +429,71 @@ class Network:
                         print(f"Epoch {epoch} complete  ({seconds:.3f} s)", flush=True)
         return history
 
-    def _trainer(self, training_data, mini_batch_size, eta):
+    def _trainer(self, training_data, mini_batch_size, eta, driver=None):
         """Validate once and allocate once; returns ``(X, y, run_epoch)``.
 
         ``run_epoch(perm)`` trains one epoch over ``X[perm]`` in compiled code
-        and returns (sum of costs, number correct); ``run_epoch.driver`` is
-        ``"sparse"`` when it skips zero inputs (kernels.train_epoch_sparse).  ``SGD`` and the
-        benchmarks both use it.
+        and returns (sum of costs, number correct); ``run_epoch.driver`` names
+        the epoch driver (:func:`fastnn.kernels.choose_driver` picks it unless
+        ``driver`` names one).  ``SGD`` and the benchmarks both use it.
         """
         m = _positive_int("mini_batch_size", mini_batch_size)
         eta = _positive_real("eta", eta)
+        if driver is not None and driver not in kernels.DRIVERS:
+            raise ValueError(f"driver must be one of {sorted(kernels.DRIVERS)}, got {driver!r}")
         X, y = self._data(training_data, "training_data", convert=False)
         m = min(m, X.shape[0])
-        stats = np.zeros((kernels.MAX_CHUNKS, 2))
+        name = driver or kernels.choose_driver(self.sizes, m, np.count_nonzero(X) / X.size)
+        drv = kernels.DRIVERS[name]
+        if drv.needs_hidden and len(self.sizes) < 3:
+            raise ValueError(f"driver {name!r} needs a network with a hidden layer")
+        if drv.sparse_inputs:
+            inputs = self._sparse_inputs(X, "training_data inputs")
+        else:
+            X = self._working(X, "training_data inputs")
+            inputs = (X,)
+        # A team has one member per thread and per usable CPU (members wait for each other
+        # spinning), and no more than get work.
+        most = min(numba.config.NUMBA_NUM_THREADS, _usable_cpus(), drv.units(self.sizes, m))
+        buffers = drv.buffers(self.sizes, m, self.dtype, most)
         args = self._kernel_args()
 
-        if _use_sparse(self.sizes, m, np.count_nonzero(X) / X.size):
-            # Sparse inputs: a team (one member per thread and usable CPU, at most one per
-            # chunk of the mini-batch), each member with a private copy of the parameters.
-            # See kernels.train_epoch_sparse.
-            csr = self._sparse_inputs(X, "training_data inputs")
-            n_in, n1 = self.sizes[0], self.sizes[1]
-            n1p = -(-n1 // kernels.LANES) * kernels.LANES
-            rest = self.n_params - n_in * n1
-            most = min(numba.config.NUMBA_NUM_THREADS, _usable_cpus(), kernels.sparse_chunks(m))
-            H = _whole_lines(self._n_act, self.dtype)
-            ident = np.arange(m, dtype=np.int64)
-            A = _line_aligned_empty((most, m, H), self.dtype)
-            D = _line_aligned_empty((2, m, H), self.dtype)
-            P = _line_aligned_empty((most, _whole_lines(n_in * n1p + rest, self.dtype)),
-                                    self.dtype)
-            G = _line_aligned_empty((2, kernels.MAX_CHUNKS, _whole_lines(rest, self.dtype)),
-                                    self.dtype)
-            Z = _line_aligned_empty((most, m, n1p), self.dtype)
-            CS = np.zeros((kernels.MAX_CHUNKS, 2))
-            sync = np.zeros(48, np.int64)
+        def run_epoch(perm):
+            return drv.epoch(
+                *args, *inputs, y, perm, m, *buffers, _team_size(most), eta, self.weight_decay
+            )
 
-            def run_epoch(perm):
-                return kernels.train_epoch_sparse(*args, *csr, y, perm, m, ident, A, D, P, G, Z,
-                                                  CS, sync, _team_size(most), eta,
-                                                  self.weight_decay)
-            run_epoch.driver = "sparse"  # the benchmark table says so
-            return X, y, run_epoch
-        X = self._working(X, "training_data inputs")
-
-        hybrid = _use_hybrid(self.sizes, m)
-        if hybrid or _use_neuron_split(self.sizes, m):
-            # A team of one member per thread, and per usable CPU: members wait for each
-            # other spinning.  Each member's part of a shared buffer starts on its own cache
-            # line.  See kernels.train_epoch_hybrid and kernels.train_epoch_split.
-            n1 = self.sizes[1]
-            units = -(-n1 // kernels._HYBRID_BLOCK) if hybrid else (n1 + 1) // 2
-            most = min(numba.config.NUMBA_NUM_THREADS, _usable_cpus(), units)
-            H = _whole_lines(self._n_act, self.dtype)
-            ident = np.arange(m, dtype=np.int64)
-            sync = np.zeros(48, np.int64)
-            if hybrid:  # first-layer biases stay in the parameter vector
-                rest = _whole_lines(self.n_params - self.sizes[0] * n1 - n1, self.dtype)
-                A = _line_aligned_empty((m, H), self.dtype)
-                D = _line_aligned_empty((m, H), self.dtype)
-                P = _line_aligned_empty((most, rest), self.dtype)
-                G = _line_aligned_empty((kernels.MAX_CHUNKS, rest), self.dtype)
-                CS = np.zeros((kernels.MAX_CHUNKS, 2))
-
-                def run_epoch(perm):
-                    return kernels.train_epoch_hybrid(*args, X, y, perm, m, ident, A, D, P, G,
-                                                      CS, sync, _team_size(most), eta,
-                                                      self.weight_decay)
-            else:
-                rest = _whole_lines(self.n_params - self.sizes[0] * n1, self.dtype)
-                A = _line_aligned_empty((most, m, H), self.dtype)
-                D = _line_aligned_empty((most, m, H), self.dtype)
-                P = _line_aligned_empty((most, rest), self.dtype)
-                G = _line_aligned_empty((most, rest), self.dtype)
-                G[...] = 0
-                E = _line_aligned_empty((2, n1, _whole_lines(m, self.dtype)), self.dtype)
-
-                def run_epoch(perm):
-                    return kernels.train_epoch_split(*args, X, y, perm, m, ident, A, D, P, G, E,
-                                                     sync, _team_size(most), eta,
-                                                     self.weight_decay, stats)
-        else:
-            ident, A, D, G = self._buffers(m)
-
-            def run_epoch(perm):
-                return kernels.train_epoch(*args, X, y, perm, m, ident, A, D, G, self._blocks,
-                                           self._par_update, eta, self.weight_decay, stats)
+        run_epoch.driver = name
         return X, y, run_epoch
 
-    def update_mini_batch(self, mini_batch, eta):
+    def update_mini_batch(self, mini_batch: Data, eta: float) -> float:
         """One SGD step on one mini-batch (arrays or pairs); returns its cost before the step."""
         eta = _positive_real("eta", eta)
         X, y = self._data(mini_batch, "mini_batch")
         m = X.shape[0]
-        ident, A, D, G = self._buffers(m)
-        stats = np.zeros((kernels.MAX_CHUNKS, 2))
+        b = kernels.samples_buffers(self.sizes, m, self.dtype)
         saved = self.parameters.copy()
         cost_sum, _ = kernels.sgd_step(
-            *self._kernel_args(), X, y, ident, ident, A, D, G, self._blocks, self._par_update,
-            eta, self.weight_decay, stats)
+            *self._kernel_args(),
+            X,
+            y,
+            b.ident,
+            b.ident,
+            b.A,
+            b.D,
+            b.G,
+            b.blocks,
+            self.n_params >= kernels.PARALLEL_UPDATE_MIN,
+            eta,
+            self.weight_decay,
+            b.stats,
+        )
         if not np.isfinite(self.parameters).all():
             self.parameters[...] = saved
-            raise FloatingPointError("the update made the parameters NaN or infinite "
-                                     f"(eta={eta}); they were restored. Try a smaller eta.")
+            raise FloatingPointError(
+                "the update made the parameters NaN or infinite "
+                f"(eta={eta}); they were restored. Try a smaller eta."
+            )
         return cost_sum / m
 
     # ------------------------------------------------------------------ inference
@@ -529,20 +507,31 @@ class Network:
         ident = np.arange(n, dtype=np.int64)
         A = np.empty((n, self._n_act), self.dtype)
         hid, out, _ = self._codes
-        bad = kernels.forward(self.parameters, self._sizes, self._offs, self._aoff, hid, out, X,
-                              ident, A, _PREDICT_BLOCK)
+        bad = kernels.forward(
+            self.parameters,
+            self._sizes,
+            self._offs,
+            self._aoff,
+            hid,
+            out,
+            X,
+            ident,
+            A,
+            _PREDICT_BLOCK,
+        )
         if bad:
             self._raise_nonfinite(X, name)
-        return A[:, self._aoff[-1]:]
+        return A[:, self._aoff[-1] :]
 
     def _raise_nonfinite(self, X, name):
         self._check_finite(X, name)
         if not np.isfinite(self.parameters).all():
             raise ValueError("the network's parameters contain NaN or infinite values")
-        raise ValueError(f"{name} has values so large that the first layer overflows "
-                         f"in {self.dtype.name}")
+        raise ValueError(
+            f"{name} has values so large that the first layer overflows in {self.dtype.name}"
+        )
 
-    def feedforward(self, a):
+    def feedforward(self, a: npt.ArrayLike) -> np.ndarray:
         """Output of the network for input ``a``.
 
         ``a`` may be one sample (shape ``(n_in,)`` or Nielsen's column
@@ -563,30 +552,38 @@ class Network:
     def _forward_one(self, x):
         a = np.empty(self._n_act, self.dtype)
         hid, out, _ = self._codes
-        if kernels.forward_one(self.parameters, self._sizes, self._offs, self._aoff, hid, out,
-                               x if x.flags.c_contiguous else x.copy(), a):
+        if kernels.forward_one(
+            self.parameters,
+            self._sizes,
+            self._offs,
+            self._aoff,
+            hid,
+            out,
+            x if x.flags.c_contiguous else x.copy(),
+            a,
+        ):
             self._raise_nonfinite(x, "a")
-        return a[self._aoff[-1]:]
+        return a[self._aoff[-1] :]
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: npt.ArrayLike) -> np.ndarray:
         """Output activations of each row of ``X`` normalised to sum to one."""
         out = self._forward(self._inputs(X, check_finite=False)).copy()
         if self.output != "softmax":
             out /= out.sum(axis=1, keepdims=True)
         return out
 
-    def predict(self, X):
+    def predict(self, X: npt.ArrayLike) -> np.ndarray:
         """Predicted class (index of the largest output) of each row of ``X``."""
         return self._forward(self._inputs(X, check_finite=False)).argmax(axis=1)
 
     def _count_correct(self, X, y):
         return int((self._forward(X).argmax(axis=1) == y).sum())
 
-    def evaluate(self, test_data):
+    def evaluate(self, test_data: Data) -> int:
         """Number of samples of ``test_data`` (arrays or pairs) classified correctly."""
         return self._count_correct(*self._data(test_data, "test_data"))
 
-    def accuracy(self, X, y):
+    def accuracy(self, X: npt.ArrayLike, y: npt.ArrayLike) -> float:
         """Fraction of rows of ``X`` classified as ``y``."""
         X = self._inputs(X, check_finite=False)
         return self._count_correct(X, self._labels(y, X.shape[0])) / X.shape[0]
@@ -596,9 +593,9 @@ class Network:
         X = self._inputs(X)
         y = self._labels(y, X.shape[0])
         n = X.shape[0]
-        ident, A, D, G = self._buffers(n)
+        b = kernels.samples_buffers(self.sizes, n, self.dtype)
         grad = np.empty_like(self.parameters)
-        total = kernels.gradient(*self._kernel_args(), X, y, ident, ident, A, D, G, grad)
+        total = kernels.gradient(*self._kernel_args(), X, y, b.ident, b.ident, b.A, b.D, b.G, grad)
         grad /= n
         cost = total / n
         if self.weight_decay:
@@ -608,11 +605,11 @@ class Network:
                 cost += 0.5 * self.weight_decay * float(np.dot(W.ravel(), W.ravel()))
         return cost, grad
 
-    def cost(self, X, y):
+    def cost(self, X: npt.ArrayLike, y: npt.ArrayLike) -> float:
         """Average cost over the rows of ``X`` (plus the weight-decay penalty)."""
         return self._cost_and_gradient(X, y)[0]
 
-    def gradient(self, X, y):
+    def gradient(self, X: npt.ArrayLike, y: npt.ArrayLike) -> np.ndarray:
         """Gradient of :meth:`cost` with respect to ``parameters``, as one flat vector.
 
         Use :meth:`views` for per-layer ``(weights, biases)`` views of it.
@@ -620,7 +617,7 @@ class Network:
         return self._cost_and_gradient(X, y)[1]
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path):
+    def save(self, path: str | os.PathLike) -> None:
         """Save to a ``.npz`` file (no pickle).
 
         Keys: ``format`` ('fastnn-network'), ``version`` (1), ``sizes`` (int64),
@@ -628,14 +625,21 @@ class Network:
         ``activation``, ``output``, ``cost``, ``init`` and the float
         ``weight_decay``.
         """
-        np.savez(path, format=np.str_(FORMAT_NAME), version=np.int64(FORMAT_VERSION),
-                 sizes=np.array(self.sizes, dtype=np.int64), parameters=self.parameters,
-                 activation=np.str_(self.activation), output=np.str_(self.output),
-                 cost=np.str_(self.cost_name), init=np.str_(self.init),
-                 weight_decay=np.float64(self.weight_decay))
+        np.savez(
+            path,
+            format=np.str_(FORMAT_NAME),
+            version=np.int64(FORMAT_VERSION),
+            sizes=np.array(self.sizes, dtype=np.int64),
+            parameters=self.parameters,
+            activation=np.str_(self.activation),
+            output=np.str_(self.output),
+            cost=np.str_(self.cost_name),
+            init=np.str_(self.init),
+            weight_decay=np.float64(self.weight_decay),
+        )
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: str | os.PathLike) -> Network:
         """Load a network written by :meth:`save`."""
         with np.load(path, allow_pickle=False) as f:
             if "format" not in f.files or str(f["format"]) != FORMAT_NAME:
@@ -643,12 +647,19 @@ class Network:
             if int(f["version"]) != FORMAT_VERSION:
                 raise ValueError(f"{path}: unsupported fastnn format version {int(f['version'])}")
             theta = f["parameters"]
-            net = cls([int(s) for s in f["sizes"]], activation=str(f["activation"]),
-                      output=str(f["output"]), cost=str(f["cost"]),
-                      weight_decay=float(f["weight_decay"]), init=str(f["init"]),
-                      dtype=theta.dtype)
+            net = cls(
+                [int(s) for s in f["sizes"]],
+                activation=str(f["activation"]),
+                output=str(f["output"]),
+                cost=str(f["cost"]),
+                weight_decay=float(f["weight_decay"]),
+                init=str(f["init"]),
+                dtype=theta.dtype,
+            )
             if theta.shape != net.parameters.shape:
-                raise ValueError(f"{path}: parameter vector has {theta.size} values, "
-                                 f"sizes {net.sizes} need {net.n_params}")
+                raise ValueError(
+                    f"{path}: parameter vector has {theta.size} values, "
+                    f"sizes {net.sizes} need {net.n_params}"
+                )
             net.parameters[...] = theta
         return net

@@ -7,14 +7,22 @@ import numpy as np
 import pytest
 
 from fastnn import Network, kernels, network, reference
+from fastnn.kernels import split
 from helpers import COMBOS, make_data
 
 SIZES = [30, 9, 7, 5]
 
 
 def _net(hidden, output, cost, dtype=np.float64, sizes=SIZES, seed=1, weight_decay=0.0):
-    return Network(sizes, activation=hidden, output=output, cost=cost, dtype=dtype, seed=seed,
-                   weight_decay=weight_decay)
+    return Network(
+        sizes,
+        activation=hidden,
+        output=output,
+        cost=cost,
+        dtype=dtype,
+        seed=seed,
+        weight_decay=weight_decay,
+    )
 
 
 @pytest.mark.parametrize("hidden,output,cost", COMBOS)
@@ -46,33 +54,41 @@ def test_one_step_matches_reference(hidden, output, cost):
     assert c == pytest.approx(c_ref / len(X), rel=1e-12)
 
 
-def _epoch_pair(dtype, hidden="sigmoid", output="sigmoid", cost="quadratic", m=10, n=1003,
-                sizes=SIZES, eta=0.5):
+def _epoch_pair(
+    dtype,
+    hidden="sigmoid",
+    output="sigmoid",
+    cost="quadratic",
+    m=10,
+    n=1003,
+    sizes=SIZES,
+    eta=0.5,
+    driver=None,
+):
     """Parameters after one epoch from fastnn and from the reference, same init and order."""
     net = _net(hidden, output, cost, dtype=dtype, sizes=sizes, weight_decay=1e-4)
     theta = net.parameters.copy()
     X, y = make_data(n, sizes[0], sizes[-1], dtype=dtype)
     perm = copy.deepcopy(net._rng).permutation(n)  # the order SGD will draw from its seeded stream
-    h = net.SGD((X, y), 1, m, eta, quiet=True)
-    c_ref, k_ref = reference.train_epoch(theta, sizes, X, y, perm, m, eta, 1e-4, hidden, output,
-                                         cost)
+    h = net.SGD((X, y), 1, m, eta, quiet=True, _driver=driver)
+    c_ref, k_ref = reference.train_epoch(
+        theta, sizes, X, y, perm, m, eta, 1e-4, hidden, output, cost
+    )
     return net, theta, h, c_ref / n, k_ref / n
 
 
-@pytest.fixture(params=["sample-split", "neuron-split", "hybrid", "sparse"])
-def driver(request, monkeypatch):
-    """Force one of the epoch drivers (kernels.train_epoch / _split / _hybrid / _sparse)."""
-    monkeypatch.setattr(network, "_use_sparse", lambda sizes, m, density: request.param == "sparse")
-    monkeypatch.setattr(network, "_use_neuron_split",
-                        lambda sizes, m: request.param == "neuron-split")
-    monkeypatch.setattr(network, "_use_hybrid", lambda sizes, m: request.param == "hybrid")
+@pytest.fixture(params=sorted(kernels.DRIVERS))
+def driver(request):
+    """Each of the epoch drivers by name (``Network.SGD(..., _driver=name)``)."""
     return request.param
 
 
 @pytest.mark.parametrize("hidden,output,cost", COMBOS)
 @pytest.mark.parametrize("m", [7, 10])
 def test_epoch_matches_reference_float64(hidden, output, cost, m, driver):
-    net, theta, h, c_ref, acc_ref = _epoch_pair(np.float64, hidden, output, cost, m=m)
+    net, theta, h, c_ref, acc_ref = _epoch_pair(
+        np.float64, hidden, output, cost, m=m, driver=driver
+    )
     np.testing.assert_allclose(net.parameters, theta, rtol=1e-10, atol=1e-10)
     assert h["train_cost"][0] == pytest.approx(c_ref, rel=1e-10)
     assert h["train_accuracy"][0] == acc_ref
@@ -81,10 +97,8 @@ def test_epoch_matches_reference_float64(hidden, output, cost, m, driver):
 @pytest.mark.parametrize("sizes", [[30, 8, 5], [30, 9, 7, 5]])  # even and odd first layers
 # every remainder of groups of four (m = 4, 6) and of five (5, 9, 10, 13, 17)
 @pytest.mark.parametrize("m", [1, 3, 4, 5, 6, 9, 10, 13, 17])
-def test_neuron_split_epoch_matches_reference(sizes, m, monkeypatch):
-    monkeypatch.setattr(network, "_use_sparse", lambda sizes, m, density: False)
-    monkeypatch.setattr(network, "_use_neuron_split", lambda sizes, m: True)
-    net, theta, h, c_ref, acc_ref = _epoch_pair(np.float64, m=m, n=203, sizes=sizes)
+def test_neuron_split_epoch_matches_reference(sizes, m):
+    net, theta, h, c_ref, acc_ref = _epoch_pair(np.float64, m=m, n=203, sizes=sizes, driver="split")
     np.testing.assert_allclose(net.parameters, theta, rtol=1e-10, atol=1e-10)
     assert h["train_cost"][0] == pytest.approx(c_ref, rel=1e-10)
     assert h["train_accuracy"][0] == acc_ref
@@ -92,50 +106,57 @@ def test_neuron_split_epoch_matches_reference(sizes, m, monkeypatch):
 
 @pytest.mark.parametrize("sizes,m", [([30, 8, 5], 10), ([30, 9, 7, 5], 3)])
 def test_neuron_split_team_trains_alone_when_its_members_run_one_after_another(
-        sizes, m, monkeypatch):
+    sizes, m, monkeypatch
+):
     # The epoch's team waits for all members it asked for.  Asking for two with one thread,
     # the threading layer runs the two iterations of the prange one after the other: the
     # first member must stop waiting, close the team and train alone (no deadlock), and the
     # late one must leave; the result is the same as with a team of one.
-    monkeypatch.setattr(network, "_use_sparse", lambda sizes, m, density: False)
-    monkeypatch.setattr(network, "_use_neuron_split", lambda sizes, m: True)
     X, y = make_data(300, sizes[0], sizes[-1], dtype=np.float32)
     results = []
     for team in (1, 2):
         monkeypatch.setattr(network, "_team_size", lambda most, team=team: team)
         net = Network(sizes, seed=2)
-        net.SGD((X, y), 2, m, 0.5, quiet=True, threads=1)
+        net.SGD((X, y), 2, m, 0.5, quiet=True, threads=1, _driver="split")
         results.append(net.parameters.copy())
     assert np.array_equal(results[0], results[1])
 
 
 def test_neuron_split_groups_of_four_or_five_whichever_wastes_less():
-    assert [kernels._group_size(m) for m in (1, 4, 5, 8, 9, 10, 12, 16, 20, 32)] == \
-        [4, 4, 5, 4, 5, 5, 4, 4, 5, 4]
+    assert [split._group_size(m) for m in (1, 4, 5, 8, 9, 10, 12, 16, 20, 32)] == [
+        4,
+        4,
+        5,
+        4,
+        5,
+        5,
+        4,
+        4,
+        5,
+        4,
+    ]
 
 
 # first layers of 48 and 40 neurons: blocks of 16, 16, 16 and 16, 16, 8, so a team of two
 # members owns unequal shares; m = 33 leaves a last batch of 1 (n = 199)
 @pytest.mark.parametrize("sizes", [[30, 48, 5], [30, 40, 7, 5]])
 @pytest.mark.parametrize("m", [8, 10, 33])
-def test_hybrid_epoch_matches_reference(sizes, m, monkeypatch):
-    monkeypatch.setattr(network, "_use_sparse", lambda sizes, m, density: False)
-    monkeypatch.setattr(network, "_use_hybrid", lambda sizes, m: True)
-    net, theta, h, c_ref, acc_ref = _epoch_pair(np.float64, m=m, n=199, sizes=sizes)
+def test_hybrid_epoch_matches_reference(sizes, m):
+    net, theta, h, c_ref, acc_ref = _epoch_pair(
+        np.float64, m=m, n=199, sizes=sizes, driver="hybrid"
+    )
     np.testing.assert_allclose(net.parameters, theta, rtol=1e-10, atol=1e-10)
     assert h["train_cost"][0] == pytest.approx(c_ref, rel=1e-10)
     assert h["train_accuracy"][0] == acc_ref
 
 
 def test_hybrid_team_trains_alone_when_its_members_run_one_after_another(monkeypatch):
-    monkeypatch.setattr(network, "_use_sparse", lambda sizes, m, density: False)
-    monkeypatch.setattr(network, "_use_hybrid", lambda sizes, m: True)
     X, y = make_data(300, 30, 5, dtype=np.float32)
     results = []
     for team in (1, 2):
         monkeypatch.setattr(network, "_team_size", lambda most, team=team: team)
         net = Network([30, 48, 5], seed=2)
-        net.SGD((X, y), 2, 10, 0.5, quiet=True, threads=1)
+        net.SGD((X, y), 2, 10, 0.5, quiet=True, threads=1, _driver="hybrid")
         results.append(net.parameters.copy())
     assert np.array_equal(results[0], results[1])
 
@@ -175,8 +196,9 @@ def test_epoch_matches_reference_large_network(driver):
     # a network large enough for several chunks per mini-batch and the parallel update
     # (sample split), several team members (hybrid, neuron split)
     sizes = [200, 300, 40, 10]
-    net, theta, *_ = _epoch_pair(np.float64, "relu", "softmax", "log_loss", m=64, n=400,
-                                 sizes=sizes, eta=0.05)
+    net, theta, *_ = _epoch_pair(
+        np.float64, "relu", "softmax", "log_loss", m=64, n=400, sizes=sizes, eta=0.05
+    )
     assert net.n_params >= 65536
     np.testing.assert_allclose(net.parameters, theta, rtol=1e-10, atol=1e-10)
 
@@ -184,17 +206,21 @@ def test_epoch_matches_reference_large_network(driver):
 # (the sparse driver is off here: test_sparse.py has its own) the first two go through the
 # neuron split, the next two through the hybrid driver, the others split the mini-batch by
 # samples
-@pytest.mark.parametrize("sizes,m,hidden", [([784, 16, 16, 10], 10, "sigmoid"),
-                                            ([784, 31, 10], 9, "sigmoid"),
-                                            ([784, 128, 64, 10], 64, "relu"),
-                                            ([784, 40, 10], 12, "sigmoid"),
-                                            ([784, 16, 16, 10], 4, "relu"),
-                                            ([50, 20, 10], 1024, "tanh")])
-def test_bit_identical_across_thread_counts(sizes, m, hidden, monkeypatch):
+@pytest.mark.parametrize(
+    "sizes,m,hidden",
+    [
+        ([784, 16, 16, 10], 10, "sigmoid"),
+        ([784, 31, 10], 9, "sigmoid"),
+        ([784, 128, 64, 10], 64, "relu"),
+        ([784, 40, 10], 12, "sigmoid"),
+        ([784, 16, 16, 10], 4, "relu"),
+        ([50, 20, 10], 1024, "tanh"),
+    ],
+)
+def test_bit_identical_across_thread_counts(sizes, m, hidden):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs at least 2 threads")
-    monkeypatch.setattr(network, "_use_sparse", lambda sizes, m, density: False)
-    X, y = make_data(3000, sizes[0], sizes[-1], dtype=np.float32)
+    X, y = make_data(3000, sizes[0], sizes[-1], dtype=np.float32, density=0.6)  # not sparse
     results = []
     for threads in (1, 2, numba.config.NUMBA_NUM_THREADS):
         net = Network(sizes, activation=hidden, seed=7)

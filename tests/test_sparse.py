@@ -12,23 +12,31 @@ from fastnn import Network, kernels, network, reference
 from helpers import COMBOS, make_data
 
 
-@pytest.fixture
-def sparse(monkeypatch):
-    """Train with the sparse driver whatever the data's density."""
-    monkeypatch.setattr(network, "_use_sparse", lambda sizes, m, density: True)
-
-
-def _epoch_pair(X, y, sizes, m, hidden="sigmoid", output="sigmoid", cost="quadratic", eta=0.5,
-                decay=1e-4, dtype=np.float64, Xref=None):
+def _epoch_pair(
+    X,
+    y,
+    sizes,
+    m,
+    hidden="sigmoid",
+    output="sigmoid",
+    cost="quadratic",
+    eta=0.5,
+    decay=1e-4,
+    dtype=np.float64,
+    Xref=None,
+    driver="sparse",
+):
     """Parameters after one epoch from fastnn and from the reference, same init and order."""
-    net = Network(sizes, activation=hidden, output=output, cost=cost, dtype=dtype, seed=1,
-                  weight_decay=decay)
+    net = Network(
+        sizes, activation=hidden, output=output, cost=cost, dtype=dtype, seed=1, weight_decay=decay
+    )
     theta = net.parameters.copy()
     perm = copy.deepcopy(net._rng).permutation(len(X))  # the order SGD will draw
-    h = net.SGD((X, y), 1, m, eta, quiet=True)
+    h = net.SGD((X, y), 1, m, eta, quiet=True, _driver=driver)
     Xref = X if Xref is None else Xref
-    c_ref, k_ref = reference.train_epoch(theta, sizes, Xref, y, perm, m, eta, decay, hidden,
-                                         output, cost)
+    c_ref, k_ref = reference.train_epoch(
+        theta, sizes, Xref, y, perm, m, eta, decay, hidden, output, cost
+    )
     return net, theta, h, c_ref / len(X), k_ref / len(X)
 
 
@@ -42,19 +50,18 @@ def _assert_same_epoch(net, theta, h, c_ref, acc_ref):
 # chunk (1-9) to eight (64), and a last mini-batch of another size (n = 203)
 @pytest.mark.parametrize("sizes", [[40, 16, 5], [40, 17, 6, 5], [40, 33, 5]])
 @pytest.mark.parametrize("m", [1, 4, 5, 9, 10, 33, 64])
-def test_sparse_epoch_matches_reference(sizes, m, sparse):
+def test_sparse_epoch_matches_reference(sizes, m):
     X, y = make_data(203, sizes[0], sizes[-1], density=0.2)
     _assert_same_epoch(*_epoch_pair(X, y, sizes, m))
 
 
 @pytest.mark.parametrize("hidden,output,cost", COMBOS)
-def test_sparse_epoch_matches_reference_for_every_activation_and_cost(hidden, output, cost,
-                                                                      sparse):
+def test_sparse_epoch_matches_reference_for_every_activation_and_cost(hidden, output, cost):
     X, y = make_data(203, 30, 5, density=0.25)
     _assert_same_epoch(*_epoch_pair(X, y, [30, 9, 7, 5], 10, hidden, output, cost, eta=0.3))
 
 
-def test_sparse_epoch_with_empty_rows_negative_values_and_uint8(sparse):
+def test_sparse_epoch_with_empty_rows_negative_values_and_uint8():
     rng = np.random.default_rng(3)
     X, y = make_data(150, 30, 4, density=0.3)
     X[::7] = 0  # samples with no non-zero input at all
@@ -66,7 +73,7 @@ def test_sparse_epoch_with_empty_rows_negative_values_and_uint8(sparse):
     _assert_same_epoch(*_epoch_pair(pixels, y, [30, 12, 4], 10, Xref=pixels / 255.0))
 
 
-def test_sparse_epoch_float32(sparse):
+def test_sparse_epoch_float32():
     # float32: fused multiply-adds and other sums than NumPy's, so the parameters after one
     # epoch agree to 2e-4 of their scale, as for the other drivers
     X, y = make_data(1003, 30, 5, density=0.2, dtype=np.float32)
@@ -76,8 +83,10 @@ def test_sparse_epoch_float32(sparse):
     assert h["train_cost"][0] == pytest.approx(c_ref, rel=1e-3)
 
 
-@pytest.mark.parametrize("sizes,m", [([784, 16, 16, 10], 10), ([784, 30, 10], 32),
-                                     ([784, 20, 10], 33), ([100, 16, 8, 10], 1024)])
+@pytest.mark.parametrize(
+    "sizes,m",
+    [([784, 16, 16, 10], 10), ([784, 30, 10], 32), ([784, 20, 10], 33), ([100, 16, 8, 10], 1024)],
+)
 def test_sparse_bit_identical_across_thread_counts(sizes, m):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs at least 2 threads")
@@ -92,14 +101,14 @@ def test_sparse_bit_identical_across_thread_counts(sizes, m):
         assert np.array_equal(results[0], r)
 
 
-def test_sparse_team_trains_alone_when_its_members_run_one_after_another(sparse, monkeypatch):
+def test_sparse_team_trains_alone_when_its_members_run_one_after_another(monkeypatch):
     # asked for two members with one thread, the first closes the team and trains alone
     X, y = make_data(300, 30, 5, dtype=np.float32, density=0.2)
     results = []
     for team in (1, 2):
         monkeypatch.setattr(network, "_team_size", lambda most, team=team: team)
         net = Network([30, 16, 5], seed=2)
-        net.SGD((X, y), 2, 10, 0.5, quiet=True, threads=1)
+        net.SGD((X, y), 2, 10, 0.5, quiet=True, threads=1, _driver="sparse")
         results.append(net.parameters.copy())
     assert np.array_equal(results[0], results[1])
 
@@ -134,7 +143,7 @@ def test_training_data_in_csr_form(dtype):
 
 
 @pytest.mark.parametrize("dtype", [">f8", "<f8", np.float16, np.int16, np.uint8])
-def test_sparse_driver_takes_every_real_dtype(dtype, sparse):
+def test_sparse_driver_takes_every_real_dtype(dtype):
     # the CSR kernels take native integers and float32/64; others are converted first
     rng = np.random.default_rng(0)
     ints = (rng.random((120, 30)) < 0.2) * rng.integers(1, 100, (120, 30))
@@ -158,7 +167,7 @@ def test_sparse_training_converts_uint8_pixels_without_a_dense_copy():
     # the training set is copied once: uint8 pixels go straight to the non-zero values
     # (a float32 copy of these 20,000 x 784 pixels would take 63 MB; the CSR form, 19 MB)
     rng = np.random.default_rng(0)
-    pixels = ((rng.random((20000, 784)) < 0.2) * rng.integers(1, 256, (20000, 784)))
+    pixels = (rng.random((20000, 784)) < 0.2) * rng.integers(1, 256, (20000, 784))
     pixels = pixels.astype(np.uint8)
     y = rng.integers(0, 10, 20000)
     net = Network([784, 16, 16, 10])
@@ -175,8 +184,9 @@ def test_sparse_training_converts_uint8_pixels_without_a_dense_copy():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_exp_within_one_ulp_of_numpy(dtype):
     lim = 87.0 if dtype == np.float32 else 708.0
-    x = np.concatenate([np.linspace(-lim, lim, 200001),
-                        np.random.default_rng(0).standard_normal(10000) * 5]).astype(dtype)
+    x = np.concatenate(
+        [np.linspace(-lim, lim, 200001), np.random.default_rng(0).standard_normal(10000) * 5]
+    ).astype(dtype)
     for n in (len(x), 16, 10, 8, 3):  # whole vectors, one, a part of one
         got = x[:n].copy()
         kernels._exp_inplace(got)
@@ -188,20 +198,30 @@ def test_exp_within_one_ulp_of_numpy(dtype):
     assert np.all(np.isfinite(special[1:])) and special[1] > 1e37 and 0 < special[2] < 1e-37
     sig = x[:16].copy()
     kernels._exp_inplace(sig, True)
-    np.testing.assert_allclose(sig, 1 / (1 + np.exp(-x[:16].astype(np.float64))),
-                               rtol=2 * np.finfo(dtype).eps)
+    np.testing.assert_allclose(
+        sig, 1 / (1 + np.exp(-x[:16].astype(np.float64))), rtol=2 * np.finfo(dtype).eps
+    )
 
 
 def test_benchmark_notes_the_driver_the_network_chose():
     from fastnn import bench
-    w = dict(sizes=[30, 8, 4], activation="sigmoid", output="sigmoid", cost="quadratic",
-             batch=10, eta=0.5)
+
+    w = dict(
+        sizes=[30, 8, 4],
+        activation="sigmoid",
+        output="sigmoid",
+        cost="quadratic",
+        batch=10,
+        eta=0.5,
+    )
     notes = []
     for density in (0.2, 0.9):  # sparse, then dense enough for the dense drivers
         X, y = make_data(200, 30, 4, dtype=np.float32, density=density)
-        assert (getattr(Network([30, 8, 4])._trainer((X, y), 10, 0.5)[2], "driver", None)
-                == ("sparse" if density < 0.5 else None))
-        notes.append(bench.fastnn_contender(np.float32)(w, bench.Data(X, y, X, y, "synthetic"),
-                                                        None).note)
+        assert Network([30, 8, 4])._trainer((X, y), 10, 0.5)[2].driver == (
+            "sparse" if density < 0.5 else "samples"
+        )
+        notes.append(
+            bench.fastnn_contender(np.float32)(w, bench.Data(X, y, X, y, "synthetic"), None).note
+        )
     assert notes[0].startswith("sparse driver") and "(80%)" in notes[0]
     assert notes[1] == ""

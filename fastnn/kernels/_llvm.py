@@ -1,0 +1,180 @@
+"""LLVM intrinsics the kernels need and Numba does not offer.
+
+Each is a Numba ``@intrinsic`` that emits a few LLVM instructions:
+
+* :func:`_prefetch` -- ``llvm.prefetch``: start loading a cache line;
+* :func:`_atomic_add`, :func:`_atomic_load`, :func:`_atomic_cas` -- the
+  atomics the team barrier (:mod:`.team`) is built from;
+* :func:`_yield_cpu` (``sched_yield``) and :func:`_spin_pause` (x86 ``pause``)
+  -- what a waiting team member does;
+* :func:`_times_pow2` -- ``p * 2**k`` from the exponent bits, for the
+  vectorised ``exp`` (:mod:`.activations`).
+"""
+
+import platform
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+_HAS_SCHED_YIELD = platform.system() in ("Linux", "Darwin", "FreeBSD")
+
+
+def _item_pointer(context, builder, signature, args):
+    """LLVM pointer to ``arr[index]`` for an intrinsic called as ``f(arr, index, ...)``."""
+    aryty, idxty = signature.args[0], signature.args[1]
+    ary = context.make_array(aryty)(context, builder, args[0])
+    idx = context.cast(builder, args[1], idxty, types.intp)
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [idx], wraparound=False)
+
+
+@intrinsic
+def _prefetch(typingctx, arr, index):
+    """Hint the CPU to start loading the cache line of ``arr[index]`` (1-D array).
+
+    ``llvm.prefetch``: no effect on results, never faults.  Used to fetch the
+    next mini-batch's input rows (random rows of the training set) while the
+    current one is computed.
+    """
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(index, types.Integer)):
+        return None
+    sig = types.void(arr, index)
+
+    def codegen(context, builder, signature, args):
+        ptr = _item_pointer(context, builder, signature, args)
+        if getattr(ptr.type, "is_opaque", False):
+            name = "llvm.prefetch.p0"
+        else:  # typed pointers (older llvmlite)
+            ptr = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+            name = "llvm.prefetch.p0i8"
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), name
+        )
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _atomic_add(typingctx, arr, index, value):
+    """``arr[index] += value`` as one atomic read-modify-write; returns the old value."""
+    if not (
+        isinstance(arr, types.Array)
+        and arr.ndim == 1
+        and arr.dtype == types.int64
+        and isinstance(index, types.Integer)
+        and isinstance(value, types.Integer)
+    ):
+        return None
+    sig = types.int64(arr, index, value)
+
+    def codegen(context, builder, signature, args):
+        ptr = _item_pointer(context, builder, signature, args)
+        val = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.atomic_rmw("add", ptr, val, "seq_cst")
+
+    return sig, codegen
+
+
+@intrinsic
+def _atomic_load(typingctx, arr, index):
+    """``arr[index]`` read with acquire ordering (never cached in a register)."""
+    if not (
+        isinstance(arr, types.Array)
+        and arr.ndim == 1
+        and arr.dtype == types.int64
+        and isinstance(index, types.Integer)
+    ):
+        return None
+    sig = types.int64(arr, index)
+
+    def codegen(context, builder, signature, args):
+        ptr = _item_pointer(context, builder, signature, args)
+        return builder.load_atomic(ptr, "acquire", 8)
+
+    return sig, codegen
+
+
+@intrinsic
+def _atomic_cas(typingctx, arr, index, expected, new):
+    """Set ``arr[index] = new`` if it equals ``expected``, atomically; returns the old value."""
+    if not (
+        isinstance(arr, types.Array)
+        and arr.ndim == 1
+        and arr.dtype == types.int64
+        and isinstance(index, types.Integer)
+        and isinstance(expected, types.Integer)
+        and isinstance(new, types.Integer)
+    ):
+        return None
+    sig = types.int64(arr, index, expected, new)
+
+    def codegen(context, builder, signature, args):
+        ptr = _item_pointer(context, builder, signature, args)
+        exp = context.cast(builder, args[2], signature.args[2], types.int64)
+        val = context.cast(builder, args[3], signature.args[3], types.int64)
+        res = builder.cmpxchg(ptr, exp, val, "seq_cst", "seq_cst")
+        return builder.extract_value(res, 0)
+
+    return sig, codegen
+
+
+@intrinsic
+def _yield_cpu(typingctx):
+    """Give the CPU to another runnable thread (``sched_yield``; nothing where it is missing)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if _HAS_SCHED_YIELD:
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield"
+            )
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _spin_pause(typingctx):
+    """The CPU's spin-wait hint (``pause`` on x86), nothing elsewhere."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if _X86:
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause"
+            )
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _times_pow2(typingctx, p, k):
+    """``p * 2**k`` for a float ``p`` and an integer ``k`` in the normal exponent range.
+
+    ``2**k`` is built from its bits (exponent field ``k + bias``), so a loop
+    of these vectorises where a call to ``ldexp`` would not.
+    """
+    if not (isinstance(p, types.Float) and isinstance(k, types.Integer)):
+        return None
+    sig = p(p, k)
+
+    def codegen(context, builder, signature, args):
+        bits = p.bitwidth
+        ity = ir.IntType(bits)
+        mant, bias = (23, 127) if bits == 32 else (52, 1023)
+        ki = context.cast(builder, args[1], signature.args[1], types.int64)
+        ki = builder.trunc(ki, ity) if bits == 32 else ki
+        scale = builder.bitcast(
+            builder.shl(builder.add(ki, ity(bias)), ity(mant)), context.get_value_type(p)
+        )
+        return builder.fmul(args[0], scale)
+
+    return sig, codegen

@@ -1,0 +1,30 @@
+"""Cache-line aligned buffers for the drivers (plain NumPy, run once per ``SGD`` call).
+
+The members of a training team write neighbouring parts of shared arrays
+(their rows of the parameter vector, their slices of the buffers).  Aligned
+to 64 bytes and padded to whole lines, no cache line is written by two cores.
+"""
+
+import numpy as np
+
+LINE = 64  # bytes per cache line
+
+
+def line_aligned_empty(shape, dtype):
+    """An uninitialised array whose data starts on a 64-byte boundary (a cache line)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + LINE, np.uint8)
+    start = -raw.ctypes.data % LINE
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def whole_lines(k, dtype):
+    """``k`` values of ``dtype`` rounded up to whole 64-byte cache lines."""
+    per_line = LINE // np.dtype(dtype).itemsize
+    return -(-k // per_line) * per_line
+
+
+def n_params(sizes):
+    """Length of the flat parameter vector of a network of ``sizes``."""
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
