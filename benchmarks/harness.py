@@ -14,10 +14,12 @@ def run_benchmark(benchmark, run, flops=None):
     """Time ``run.fn`` with pytest-benchmark and attach epoch-level figures."""
     rounds = 5 if FULL else 1
     if FULL:
-        time.sleep(0.5)  # let the previous contender's thread pools go idle (see fastnn.bench.time_run)
+        # let the previous contender's thread pools go idle (see fastnn.bench.time_run)
+        time.sleep(0.5)
     benchmark.pedantic(run.fn, rounds=rounds, iterations=1, warmup_rounds=1)
-    benchmark.extra_info.update(note=run.note, threads=str(run.threads), scale=run.scale,
-                                samples=run.samples)
+    benchmark.extra_info.update(
+        note=run.note, threads=str(run.threads), scale=run.scale, samples=run.samples
+    )
     if flops is not None:
         benchmark.extra_info["gflop_per_epoch"] = flops / 1e9
     stats = getattr(benchmark, "stats", None)

@@ -5,8 +5,12 @@ import pytest
 from fastnn import bench
 from harness import run_benchmark
 
-CASES = [("W4-batch", "reference"), ("W4-batch", "fastnn-f32"),
-         ("W4-single", "reference"), ("W4-single", "fastnn-f32")]
+CASES = [
+    ("W4-batch", "reference"),
+    ("W4-batch", "fastnn-f32"),
+    ("W4-single", "reference"),
+    ("W4-single", "fastnn-f32"),
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=["-".join(c) for c in CASES])

@@ -32,16 +32,39 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import reference
+from .bench_peers import jax_contender, sklearn_contender, torch_contender
+from .bench_report import compare, format_markdown, format_table, plot
 from .datasets import MNISTNotFoundError, load_mnist
 from .network import Network, num_threads
 
 WORKLOADS = {
-    "W1": dict(title="seed", sizes=[784, 16, 16, 10], activation="sigmoid", output="sigmoid",
-               cost="quadratic", batch=10, eta=3.0),
-    "W2": dict(title="classic", sizes=[784, 30, 10], activation="sigmoid", output="sigmoid",
-               cost="quadratic", batch=10, eta=3.0),
-    "W3": dict(title="modern", sizes=[784, 128, 64, 10], activation="relu", output="softmax",
-               cost="log_loss", batch=64, eta=0.1),
+    "W1": dict(
+        title="seed",
+        sizes=[784, 16, 16, 10],
+        activation="sigmoid",
+        output="sigmoid",
+        cost="quadratic",
+        batch=10,
+        eta=3.0,
+    ),
+    "W2": dict(
+        title="classic",
+        sizes=[784, 30, 10],
+        activation="sigmoid",
+        output="sigmoid",
+        cost="quadratic",
+        batch=10,
+        eta=3.0,
+    ),
+    "W3": dict(
+        title="modern",
+        sizes=[784, 128, 64, 10],
+        activation="relu",
+        output="softmax",
+        cost="log_loss",
+        batch=64,
+        eta=0.1,
+    ),
 }
 BATCH_SWEEP = (1, 10, 32, 128, 1024)
 
@@ -52,18 +75,18 @@ class Skip(Exception):
 
 @dataclass
 class Data:
-    X: np.ndarray          # training inputs, float32 in [0, 1], (n, 784)
-    y: np.ndarray          # int64 labels
-    Xt: np.ndarray         # test inputs
+    X: np.ndarray  # training inputs, float32 in [0, 1], (n, 784)
+    y: np.ndarray  # int64 labels
+    Xt: np.ndarray  # test inputs
     yt: np.ndarray
-    source: str            # 'mnist' or 'synthetic'
+    source: str  # 'mnist' or 'synthetic'
 
 
 @dataclass
 class Run:
-    fn: object             # callable doing the timed work once
-    samples: int           # samples processed by one call
-    scale: float = 1.0     # multiply one call's time by this for one epoch
+    fn: object  # callable doing the timed work once
+    samples: int  # samples processed by one call
+    scale: float = 1.0  # multiply one call's time by this for one epoch
     note: str = ""
     threads: object = None
 
@@ -86,6 +109,7 @@ class Result:
 
 # ----------------------------------------------------------------------------- data, FLOPs
 
+
 def load_data(quick=False, data_dir=None):
     """Real MNIST when found (``data_dir``, ``$FASTNN_DATA``, cache), else synthetic data.
 
@@ -96,9 +120,9 @@ def load_data(quick=False, data_dir=None):
         source = "mnist"
     except MNISTNotFoundError:
         rng = np.random.default_rng(0)
-        X = (rng.random((60000, 784), dtype=np.float32) * (rng.random((60000, 784)) < 0.19))
+        X = rng.random((60000, 784), dtype=np.float32) * (rng.random((60000, 784)) < 0.19)
         y = rng.integers(0, 10, 60000)
-        Xt = (rng.random((10000, 784), dtype=np.float32) * (rng.random((10000, 784)) < 0.19))
+        Xt = rng.random((10000, 784), dtype=np.float32) * (rng.random((10000, 784)) < 0.19)
         yt = rng.integers(0, 10, 10000)
         source = "synthetic"
     if quick:
@@ -136,14 +160,21 @@ def measure_peak(n=2048, rounds=5):
         t = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 # ----------------------------------------------------------------------------- contenders
 
+
 def _network(w, dtype=np.float32, seed=0):
-    return Network(w["sizes"], activation=w["activation"], output=w["output"], cost=w["cost"],
-                   dtype=dtype, seed=seed)
+    return Network(
+        w["sizes"],
+        activation=w["activation"],
+        output=w["output"],
+        cost=w["cost"],
+        dtype=dtype,
+        seed=seed,
+    )
 
 
 def fastnn_contender(dtype):
@@ -159,7 +190,9 @@ def fastnn_contender(dtype):
         def fn():
             with num_threads(threads):
                 run_epoch(rng.permutation(len(X)))
+
         return Run(fn, len(X), note=note, threads=threads or "all")
+
     return make
 
 
@@ -169,8 +202,20 @@ def reference_contender(w, data, threads):
     rng = np.random.default_rng(0)
 
     def fn():
-        reference.train_epoch(theta, w["sizes"], data.X, data.y, rng.permutation(len(data.X)),
-                              w["batch"], w["eta"], 0.0, w["activation"], w["output"], w["cost"])
+        reference.train_epoch(
+            theta,
+            w["sizes"],
+            data.X,
+            data.y,
+            rng.permutation(len(data.X)),
+            w["batch"],
+            w["eta"],
+            0.0,
+            w["activation"],
+            w["output"],
+            w["cost"],
+        )
+
     return Run(fn, len(data.X), note="NumPy, BLAS threads as configured", threads="BLAS")
 
 
@@ -183,123 +228,31 @@ def per_sample_contender(fraction):
         perm = np.random.default_rng(0).permutation(n)
 
         def fn():
-            reference.train_epoch_per_sample(theta, w["sizes"], data.X, data.y, perm, w["batch"],
-                                             w["eta"], 0.0, w["activation"], w["output"],
-                                             w["cost"], n_batches=n_batches)
+            reference.train_epoch_per_sample(
+                theta,
+                w["sizes"],
+                data.X,
+                data.y,
+                perm,
+                w["batch"],
+                w["eta"],
+                0.0,
+                w["activation"],
+                w["output"],
+                w["cost"],
+                n_batches=n_batches,
+            )
+
         done = n_batches * w["batch"]
-        return Run(fn, done, scale=n / done,
-                   note=f"per-sample loop, timed on {100 * done / n:.0f}% of the epoch and scaled",
-                   threads="BLAS")
+        return Run(
+            fn,
+            done,
+            scale=n / done,
+            note=f"per-sample loop, timed on {100 * done / n:.0f}% of the epoch and scaled",
+            threads="BLAS",
+        )
+
     return make
-
-
-def sklearn_contender(w, data, threads):
-    try:
-        from sklearn.neural_network import MLPClassifier
-    except ImportError as e:
-        raise Skip(f"scikit-learn not importable ({e})")
-    act = {"sigmoid": "logistic", "relu": "relu", "tanh": "tanh"}[w["activation"]]
-    clf = MLPClassifier(hidden_layer_sizes=tuple(w["sizes"][1:-1]), activation=act,
-                        solver="sgd", batch_size=w["batch"], learning_rate_init=0.1, momentum=0.0,
-                        alpha=0.0, shuffle=True, random_state=0)
-    classes = np.arange(w["sizes"][-1])
-    clf.partial_fit(data.X[:100], data.y[:100], classes=classes)
-
-    def fn():
-        clf.partial_fit(data.X, data.y)
-    return Run(fn, len(data.X), note="MLPClassifier sgd partial_fit (log-loss, its only loss)",
-               threads="BLAS")
-
-
-def _torch_model(w, torch):
-    layers = []
-    acts = {"sigmoid": torch.nn.Sigmoid, "relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}
-    sizes = w["sizes"]
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(torch.nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(acts[w["activation"]]())
-    return torch.nn.Sequential(*layers)
-
-
-def torch_contender(w, data, threads):
-    try:
-        import torch
-    except ImportError as e:
-        raise Skip(f"PyTorch not importable ({e})")
-    torch.manual_seed(0)
-    model = _torch_model(w, torch)
-    opt = torch.optim.SGD(model.parameters(), lr=w["eta"])
-    X = torch.from_numpy(data.X)
-    y = torch.from_numpy(data.y)
-    m = w["batch"]
-    n_out = w["sizes"][-1]
-    quadratic = w["cost"] == "quadratic"
-    nthreads = threads or os.cpu_count()
-
-    def fn():
-        torch.set_num_threads(nthreads)
-        perm = torch.randperm(len(X))
-        for b0 in range(0, len(X), m):
-            idx = perm[b0:b0 + m]
-            xb, yb = X[idx], y[idx]
-            opt.zero_grad()
-            z = model(xb)
-            if quadratic:
-                a = torch.sigmoid(z)
-                loss = 0.5 * ((a - torch.nn.functional.one_hot(yb, n_out)) ** 2).sum(1).mean()
-            else:
-                loss = torch.nn.functional.cross_entropy(z, yb)
-            loss.backward()
-            opt.step()
-    return Run(fn, len(X), note=f"eager, {nthreads} threads", threads=nthreads)
-
-
-def jax_contender(w, data, threads):
-    try:
-        import jax
-        import jax.numpy as jnp
-    except ImportError as e:
-        raise Skip(f"JAX not importable ({e})")
-    sizes, m, eta = w["sizes"], w["batch"], w["eta"]
-    n = len(data.X) // m * m  # lax.scan needs equal mini-batches
-    act = {"sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu, "tanh": jnp.tanh}[w["activation"]]
-    quadratic = w["cost"] == "quadratic"
-    net = _network(w, np.float32)
-    params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in zip(net.weights, net.biases)]
-
-    def loss(params, xb, yb):
-        a = xb
-        for i, (W, b) in enumerate(params):
-            z = a @ W.T + b
-            a = act(z) if i < len(params) - 1 else z
-        Y = jax.nn.one_hot(yb, sizes[-1])
-        if quadratic:
-            return 0.5 * ((jax.nn.sigmoid(a) - Y) ** 2).sum(1).mean()
-        return -(jax.nn.log_softmax(a) * Y).sum(1).mean()
-
-    grad = jax.grad(loss)
-
-    @jax.jit
-    def epoch(params, X, y, perm):
-        Xb = X[perm].reshape(-1, m, X.shape[1])
-        yb = y[perm].reshape(-1, m)
-
-        def step(p, batch):
-            g = grad(p, *batch)
-            return jax.tree_util.tree_map(lambda a, b: a - eta * b, p, g), None
-        return jax.lax.scan(step, params, (Xb, yb))[0]
-
-    X = jnp.asarray(data.X)
-    y = jnp.asarray(data.y.astype(np.int32))
-    rng = np.random.default_rng(0)
-    state = {"p": params}
-    jax.block_until_ready(epoch(params, X, y, jnp.asarray(rng.permutation(len(data.X))[:n])))
-
-    def fn():
-        perm = jnp.asarray(rng.permutation(len(data.X))[:n])
-        state["p"] = jax.block_until_ready(epoch(state["p"], X, y, perm))
-    return Run(fn, n, note="jit + lax.scan over mini-batches, XLA's own threads", threads="XLA")
 
 
 TRAIN_CONTENDERS = {
@@ -328,7 +281,7 @@ def inference_runs(data, single_images=1000):
 
     def ref_single():
         for i in range(k):
-            reference.forward(theta, sizes, Xt[i:i + 1])
+            reference.forward(theta, sizes, Xt[i : i + 1])
 
     def fast_batch():
         net.feedforward(Xt)
@@ -336,6 +289,7 @@ def inference_runs(data, single_images=1000):
     def fast_single():
         for i in range(k):
             net.feedforward(Xt[i])
+
     return {
         ("W4-batch", "reference"): Run(ref_batch, len(Xt), note="one BLAS product per layer"),
         ("W4-batch", "fastnn-f32"): Run(fast_batch, len(Xt)),
@@ -345,6 +299,7 @@ def inference_runs(data, single_images=1000):
 
 
 # ----------------------------------------------------------------------------- timing
+
 
 def time_run(run, rounds, budget, settle=0.0):
     """Times of ``run.fn`` (scaled to one epoch) after a pause and one warm-up call.
@@ -372,8 +327,18 @@ def time_run(run, rounds, budget, settle=0.0):
 def _result(workload, contender, batch, run, times, flops):
     med = statistics.median(times)
     n = run.samples * run.scale
-    return Result(workload, contender, batch, run.threads, med, n / med, flops / med / 1e9,
-                  len(times), run.note, times=times)
+    return Result(
+        workload,
+        contender,
+        batch,
+        run.threads,
+        med,
+        n / med,
+        flops / med / 1e9,
+        len(times),
+        run.note,
+        times=times,
+    )
 
 
 def compile_times(timeout=900):
@@ -382,18 +347,25 @@ def compile_times(timeout=900):
     Each child trains a tiny network once per dtype and reports the time of its
     first ``SGD`` call; the cache folder is a new temporary one.
     """
-    code = ("import time, numpy as np, fastnn\n"
-            "X = np.random.default_rng(0).random((64, 784), dtype=np.float32)\n"
-            "y = np.arange(64) % 10\n"
-            "t = time.perf_counter()\n"
-            "fastnn.Network([784, 16, 10]).SGD((X, y), 1, 10, 1.0, quiet=True)\n"
-            "print(time.perf_counter() - t)\n")
+    code = (
+        "import time, numpy as np, fastnn\n"
+        "X = np.random.default_rng(0).random((64, 784), dtype=np.float32)\n"
+        "y = np.arange(64) % 10\n"
+        "t = time.perf_counter()\n"
+        "fastnn.Network([784, 16, 10]).SGD((X, y), 1, 10, 1.0, quiet=True)\n"
+        "print(time.perf_counter() - t)\n"
+    )
     out = {}
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         for label in ("cold", "warm"):
-            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                               env=env, timeout=timeout)
+            r = subprocess.run(
+                [sys.executable, "-c", code],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=timeout,
+            )
             if r.returncode != 0:
                 raise RuntimeError(f"compile-time child failed: {r.stderr[-2000:]}")
             out[label + "_s"] = float(r.stdout.strip().splitlines()[-1])
@@ -425,15 +397,19 @@ def cold_start(data_dir=None, timeout=600):
 
 # ----------------------------------------------------------------------------- the suite
 
+
 def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=print):
     """Run every workload x contender, the sweeps and W4; returns the report dict."""
     import numba
+
     data = load_data(quick, data_dir)
     rounds, budget, settle = (2, 2.0, 0.1) if quick else (7, 20.0, 0.5)
     cores = numba.config.NUMBA_NUM_THREADS
     results, skipped = [], []
-    log(f"data: {data.source} ({len(data.X)} training images), {'quick' if quick else 'full'} "
-        f"mode, {cores} threads")
+    log(
+        f"data: {data.source} ({len(data.X)} training images), {'quick' if quick else 'full'} "
+        f"mode, {cores} threads"
+    )
     peak = measure_peak(1024 if quick else 2048)
     log(f"float32 peak (BLAS matrix product): {peak:.1f} GFLOP/s")
 
@@ -441,8 +417,10 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
         times = time_run(run, rounds, budget, settle)
         r = _result(wname, cname, batch, run, times, flops)
         results.append(r)
-        log(f"  {wname:<10} {cname:<11} batch {batch:<5} threads {str(r.threads):<5} "
-            f"{r.median_s:9.4f} s")
+        log(
+            f"  {wname:<10} {cname:<11} batch {batch:<5} threads {str(r.threads):<5} "
+            f"{r.median_s:9.4f} s"
+        )
         return r
 
     for wname, w in WORKLOADS.items():
@@ -485,18 +463,32 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
         for (wname, cname), run in inference_runs(data, 200 if quick else 1000).items():
             if contenders and cname not in contenders:
                 continue
-            record(wname, cname, 0, run, forward_flops(WORKLOADS["W1"]["sizes"], run.samples
-                                                          * run.scale))
+            record(
+                wname,
+                cname,
+                0,
+                run,
+                forward_flops(WORKLOADS["W1"]["sizes"], run.samples * run.scale),
+            )
 
     _derive(results, peak)
-    return dict(machine=machine_info(), data=data.source, quick=quick, peak_gflops=peak,
-                results=[_as_dict(r) for r in results], skipped=skipped)
+    return dict(
+        machine=machine_info(),
+        data=data.source,
+        quick=quick,
+        peak_gflops=peak,
+        results=[_as_dict(r) for r in results],
+        skipped=skipped,
+    )
 
 
 def _derive(results, peak):
     """Speed-up versus the reference of the same workload and batch, share of peak."""
-    ref = {(r.workload.split("-threads")[0], r.batch): r.median_s for r in results
-           if r.contender == "reference"}
+    ref = {
+        (r.workload.split("-threads")[0], r.batch): r.median_s
+        for r in results
+        if r.contender == "reference"
+    }
     for r in results:
         base = ref.get((r.workload.split("-threads")[0], r.batch))
         r.speedup = base / r.median_s if base else None
@@ -509,6 +501,7 @@ def _as_dict(r):
 
 def machine_info():
     import numba
+
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -518,102 +511,45 @@ def machine_info():
                     break
     except OSError:
         pass
-    return dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version(),
-                numpy=np.__version__, numba=numba.__version__,
-                threading_layer=_threading_layer())
+    return dict(
+        cpu=cpu,
+        cores=os.cpu_count(),
+        python=platform.python_version(),
+        numpy=np.__version__,
+        numba=numba.__version__,
+        threading_layer=_threading_layer(),
+    )
 
 
 def _threading_layer():
     import numba
+
     try:
         return numba.threading_layer()
     except ValueError:  # no parallel region has run yet
         return None
 
 
-# ----------------------------------------------------------------------------- report
-
-def format_table(report):
-    head = (f"{'workload':<12}{'contender':<12}{'batch':>6}{'threads':>8}{'median s':>11}"
-            f"{'samples/s':>12}{'vs ref':>8}{'GFLOP/s':>9}{'% peak':>8}  note")
-    lines = [head, "-" * len(head)]
-    for r in report["results"]:
-        sp = f"{r['speedup']:.2f}x" if r["speedup"] else ""
-        lines.append(f"{r['workload']:<12}{r['contender']:<12}{r['batch'] or '':>6}"
-                     f"{str(r['threads']):>8}{r['median_s']:>11.4f}{r['samples_per_s']:>12,.0f}"
-                     f"{sp:>8}{r['gflops']:>9.1f}{100 * r['peak_share']:>7.1f}%  {r['note']}")
-    for s in report.get("skipped", []):
-        lines.append(f"{s['workload']:<12}{s['contender']:<12} skipped: {s['reason']}")
-    m = report["machine"]
-    lines.append(f"machine: {m['cpu']}, {m['cores']} cores, numba {m['numba']} "
-                 f"({m['threading_layer']} threads), numpy {m['numpy']}; data: {report['data']}; "
-                 f"peak {report['peak_gflops']:.1f} GFLOP/s (float32 BLAS product)")
-    if report.get("compile"):
-        c = report["compile"]
-        lines.append(f"JIT compile of the first training call: cold {c['cold_s']:.1f} s, "
-                     f"warm cache {c['warm_s']:.2f} s")
-    if report.get("cold_start"):
-        lines.append("python -m fastnn train --epochs 1: first epoch done "
-                     f"{report['cold_start']['launch_to_first_epoch_end_s']:.2f} s after launch")
-    return "\n".join(lines)
-
-
-def compare(report, old, threshold):
-    """Rows whose median time grew by more than ``threshold`` (a fraction) against ``old``."""
-    before = {(r["workload"], r["contender"], r["batch"], str(r["threads"])): r["median_s"]
-              for r in old["results"]}
-    flagged = []
-    for r in report["results"]:
-        key = (r["workload"], r["contender"], r["batch"], str(r["threads"]))
-        if key in before and r["median_s"] > before[key] * (1 + threshold):
-            flagged.append((key, before[key], r["median_s"]))
-    return flagged
-
-
-def plot(report, path):
-    """PNG of the W1 batch-size sweep and the thread sweep (needs matplotlib)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    res = report["results"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for c in ("fastnn-f32", "reference"):
-        pts = sorted((r["batch"], r["samples_per_s"]) for r in res
-                     if r["workload"] == "W1-batch" and r["contender"] == c)
-        if pts:
-            ax1.plot(*zip(*pts), marker="o", label=c)
-    ax1.set_xscale("log")
-    ax1.set_yscale("log")
-    ax1.set_xlabel("mini-batch size")
-    ax1.set_ylabel("training samples / s")
-    ax1.set_title("W1 784-16-16-10: batch-size sweep")
-    ax1.legend()
-    labels, values = [], []
-    for r in res:
-        if r["contender"] == "fastnn-f32" and r["workload"] in ("W1", "W1-threads", "W2",
-                                                                 "W2-threads", "W3", "W3-threads"):
-            labels.append(f"{r['workload'].split('-')[0]}\n{r['threads']} thr")
-            values.append(r["samples_per_s"])
-    ax2.bar(range(len(values)), values)
-    ax2.set_xticks(range(len(values)), labels)
-    ax2.set_ylabel("training samples / s")
-    ax2.set_title("fastnn float32: thread sweep")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def main(args):
-    report = run_suite(quick=args.quick, data_dir=args.data_dir,
-                       contenders=args.contenders.split(",") if args.contenders else None,
-                       workloads=args.workloads.split(",") if args.workloads else None,
-                       log=(lambda *a: None) if args.quiet else
-                       (lambda *a: print(*a, file=sys.stderr, flush=True)))
+    report = run_suite(
+        quick=args.quick,
+        data_dir=args.data_dir,
+        contenders=args.contenders.split(",") if args.contenders else None,
+        workloads=args.workloads.split(",") if args.workloads else None,
+        log=(lambda *a: None)
+        if args.quiet
+        else (lambda *a: print(*a, file=sys.stderr, flush=True)),
+    )
     if not args.no_compile:
         report["compile"] = compile_times()
         if report["data"] == "mnist":
             report["cold_start"] = cold_start(args.data_dir)
-    print(format_table(report))
+    report["date"] = time.strftime("%Y-%m-%d")
+    report["command"] = "python -m fastnn " + " ".join(getattr(args, "argv", None) or ["bench"])
+    if args.markdown:
+        print(format_markdown(report))
+    else:
+        print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
@@ -628,8 +564,10 @@ def main(args):
         with open(args.compare) as f:
             flagged = compare(report, json.load(f), args.threshold)
         for key, old, new in flagged:
-            print(f"REGRESSION {key}: {old:.4f} s -> {new:.4f} s "
-                  f"(+{100 * (new / old - 1):.0f}%, threshold {100 * args.threshold:.0f}%)")
+            print(
+                f"REGRESSION {key}: {old:.4f} s -> {new:.4f} s "
+                f"(+{100 * (new / old - 1):.0f}%, threshold {100 * args.threshold:.0f}%)"
+            )
         if flagged:
             return 1
         print(f"no regression beyond {100 * args.threshold:.0f}% against {args.compare}")
@@ -637,28 +575,65 @@ def main(args):
 
 
 def add_parser(sub):
-    p = sub.add_parser("bench", help="run the benchmark suite and print one table",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="a tenth of the data and few rounds (proves the suite works)")
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmark suite and print one table",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tenth of the data and few rounds (proves the suite works)",
+    )
     p.add_argument("--data-dir", default=None, help="MNIST folder (else synthetic data)")
     p.add_argument("--json", default="bench-results/latest.json", help="write results here")
-    p.add_argument("--plot", default="bench-results/sweeps.png",
-                   help="PNG of the sweeps (needs matplotlib)")
-    p.add_argument("--compare", default=None, metavar="OLD_JSON",
-                   help="flag regressions against an earlier result (exit status 1)")
-    p.add_argument("--threshold", type=float, default=0.10,
-                   help="regression threshold as a fraction of the old median")
-    p.add_argument("--contenders", default=None,
-                   help="comma-separated subset of: " + ",".join(TRAIN_CONTENDERS))
+    p.add_argument(
+        "--plot", default="bench-results/sweeps.png", help="PNG of the sweeps (needs matplotlib)"
+    )
+    p.add_argument(
+        "--compare",
+        default=None,
+        metavar="OLD_JSON",
+        help="flag regressions against an earlier result (exit status 1)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.10,
+        help="regression threshold as a fraction of the old median",
+    )
+    p.add_argument(
+        "--contenders",
+        default=None,
+        help="comma-separated subset of: " + ",".join(TRAIN_CONTENDERS),
+    )
     p.add_argument("--workloads", default=None, help="comma-separated subset of W1,W2,W3,W4")
-    p.add_argument("--no-compile", action="store_true",
-                   help="skip the JIT compile-time and cold-start measurements")
+    p.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="skip the JIT compile-time and cold-start measurements",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the README's performance tables (Markdown) instead of the table",
+    )
+    p.add_argument(
+        "--render",
+        metavar="JSON",
+        default=None,
+        help="print the Markdown of an earlier run's JSON without running anything",
+    )
 
     def run(args):
+        if args.render:
+            with open(args.render) as f:
+                print(format_markdown(json.load(f)))
+            return 0
         for path in (args.json, args.plot):
             if path and os.path.dirname(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
         return main(args)
+
     p.set_defaults(func=run)

@@ -15,15 +15,29 @@ def test_flop_counts():
 
 def test_quick_bench_table_json_and_regression_check(tmp_path, capsys):
     out = tmp_path / "r.json"
-    args = ["bench", "--quick", "--no-compile", "--quiet", "--workloads", "W4",
-            "--json", str(out), "--plot", ""]
+    args = [
+        "bench",
+        "--quick",
+        "--no-compile",
+        "--quiet",
+        "--workloads",
+        "W4",
+        "--json",
+        str(out),
+        "--plot",
+        "",
+    ]
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "W4-batch" in table and "fastnn-f32" in table and "reference" in table
     report = json.loads(out.read_text())
     rows = {(r["workload"], r["contender"]): r for r in report["results"]}
-    assert set(rows) == {("W4-batch", "reference"), ("W4-batch", "fastnn-f32"),
-                         ("W4-single", "reference"), ("W4-single", "fastnn-f32")}
+    assert set(rows) == {
+        ("W4-batch", "reference"),
+        ("W4-batch", "fastnn-f32"),
+        ("W4-single", "reference"),
+        ("W4-single", "fastnn-f32"),
+    }
     assert all(r["median_s"] > 0 and r["samples_per_s"] > 0 for r in rows.values())
     assert rows[("W4-batch", "reference")]["speedup"] == 1.0
     assert report["peak_gflops"] > 0 and report["data"] in ("mnist", "synthetic")
@@ -32,3 +46,30 @@ def test_quick_bench_table_json_and_regression_check(tmp_path, capsys):
     (tmp_path / "old.json").write_text(json.dumps(old))
     assert main(args + ["--compare", str(tmp_path / "old.json")]) == 1
     assert "REGRESSION" in capsys.readouterr().out
+
+
+def test_markdown_is_rendered_from_a_run_and_from_its_json(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    args = [
+        "bench",
+        "--quick",
+        "--no-compile",
+        "--quiet",
+        "--workloads",
+        "W1",
+        "--contenders",
+        "fastnn-f32,reference",
+        "--json",
+        str(out),
+        "--plot",
+        "",
+        "--markdown",
+    ]
+    assert main(args) == 0
+    md = capsys.readouterr().out
+    assert f"`python -m fastnn {' '.join(args)}`" in md  # the command that made the numbers
+    assert "| W1 | fastnn f32, 1 thread |" in md and "| W1 | reference (NumPy mini-batch) |" in md
+    assert "W1 batch-size sweep" in md and "| batch | 1 | 10 | 32 | 128 | 1024 |" in md
+    assert main(["bench", "--render", str(out)]) == 0
+    again = capsys.readouterr().out
+    assert again.strip() == md.split("results written to")[0].strip()
