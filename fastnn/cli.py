@@ -1,7 +1,9 @@
-"""Command line: ``python -m fastnn train ...`` and ``python -m fastnn bench ...``.
+"""Command line: ``python -m fastnn train``, ``bench`` and ``clear-cache``.
 
 The ``fastnn`` console script is the same command.
 """
+
+from __future__ import annotations
 
 import argparse
 import statistics
@@ -15,37 +17,69 @@ def _sizes(text):
     try:
         sizes = [int(s) for s in text.replace("-", ",").split(",") if s]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"sizes must look like 784,16,16,10, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"sizes must look like 784,16,16,10, got {text!r}"
+        ) from None
     if len(sizes) < 2:
         raise argparse.ArgumentTypeError("sizes needs at least an input and an output layer")
     return sizes
 
 
 def _add_train(sub):
-    p = sub.add_parser("train", help="train a network on MNIST and report its test accuracy",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--sizes", type=_sizes, default=[784, 16, 16, 10],
-                   help="layer sizes, input first (784 and 10 for MNIST)")
-    p.add_argument("--activation", default="sigmoid", choices=["sigmoid", "relu", "tanh"],
-                   help="hidden-layer activation")
-    p.add_argument("--output", default=None, choices=["sigmoid", "softmax"],
-                   help="output activation (default: softmax for log_loss, else sigmoid)")
-    p.add_argument("--cost", default="quadratic",
-                   choices=["quadratic", "cross_entropy", "log_loss"])
-    p.add_argument("--init", default="scaled", choices=["scaled", "standard"],
-                   help="weights N(0, 1/n_in) or N(0, 1)")
+    p = sub.add_parser(
+        "train",
+        help="train a network on MNIST and report its test accuracy",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=[784, 16, 16, 10],
+        help="layer sizes, input first (784 and 10 for MNIST)",
+    )
+    p.add_argument(
+        "--activation",
+        default="sigmoid",
+        choices=["sigmoid", "relu", "tanh"],
+        help="hidden-layer activation",
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        choices=["sigmoid", "softmax"],
+        help="output activation (default: softmax for log_loss, else sigmoid)",
+    )
+    p.add_argument(
+        "--cost", default="quadratic", choices=["quadratic", "cross_entropy", "log_loss"]
+    )
+    p.add_argument(
+        "--init",
+        default="scaled",
+        choices=["scaled", "standard"],
+        help="weights N(0, 1/n_in) or N(0, 1)",
+    )
     p.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty on weights")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=10, help="mini-batch size")
     p.add_argument("--eta", type=float, default=3.0, help="learning rate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None,
-                   help="Numba threads (default: all cores); results do not depend on it")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="Numba threads (default: all cores); results do not depend on it",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--data-dir", default=None,
-                   help="folder with the MNIST files (else $FASTNN_DATA/mnist, then the cache)")
-    p.add_argument("--download", action="store_true",
-                   help="download MNIST into the user cache if it is not found")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the MNIST files (else $FASTNN_DATA/mnist, then the cache)",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="download MNIST into the user cache if it is not found",
+    )
     p.add_argument("--save", metavar="PATH", default=None, help="write the trained model (.npz)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.set_defaults(func=_train)
@@ -53,6 +87,7 @@ def _add_train(sub):
 
 def _train(args):
     import numpy as np
+
     from .datasets import MNISTNotFoundError, load_mnist
     from .network import Network
 
@@ -62,38 +97,75 @@ def _train(args):
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        net = Network(args.sizes, activation=args.activation, output=args.output, cost=args.cost,
-                      weight_decay=args.weight_decay, init=args.init, dtype=args.dtype,
-                      seed=args.seed)
+        net = Network(
+            args.sizes,
+            activation=args.activation,
+            output=args.output,
+            cost=args.cost,
+            weight_decay=args.weight_decay,
+            init=args.init,
+            dtype=args.dtype,
+            seed=args.seed,
+        )
     except (TypeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     sizes = "-".join(map(str, net.sizes))
-    print(f"training {sizes} ({net.activation}/{net.output}, {net.cost_name} cost, "
-          f"{net.n_params} parameters, {net.dtype.name}) on {len(X)} MNIST images: "
-          f"{args.epochs} epochs, batch {args.batch_size}, eta {args.eta} "
-          f"[{time.perf_counter() - _T0:.2f} s after start]", flush=True)
+    print(
+        f"training {sizes} ({net.activation}/{net.output}, {net.cost_name} cost, "
+        f"{net.n_params} parameters, {net.dtype.name}) on {len(X)} MNIST images: "
+        f"{args.epochs} epochs, batch {args.batch_size}, eta {args.eta} "
+        f"[{time.perf_counter() - _T0:.2f} s after start]",
+        flush=True,
+    )
     try:
-        h = net.SGD((X, y), args.epochs, args.batch_size, args.eta, test_data=(Xt, yt),
-                    quiet=args.quiet, threads=args.threads)
+        h = net.SGD(
+            (X, y),
+            args.epochs,
+            args.batch_size,
+            args.eta,
+            test_data=(Xt, yt),
+            quiet=args.quiet,
+            threads=args.threads,
+        )
     except (TypeError, ValueError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     best = int(np.argmax(h["test_accuracy"]))
-    print(f"test accuracy {100 * h['test_accuracy'][-1]:.2f}% after {args.epochs} epochs "
-          f"(best {100 * h['test_accuracy'][best]:.2f}% at epoch {best}); "
-          f"{statistics.median(h['seconds']):.3f} s per epoch (median)")
+    print(
+        f"test accuracy {100 * h['test_accuracy'][-1]:.2f}% after {args.epochs} epochs "
+        f"(best {100 * h['test_accuracy'][best]:.2f}% at epoch {best}); "
+        f"{statistics.median(h['seconds']):.3f} s per epoch (median)"
+    )
     if args.save:
         net.save(args.save)
         print(f"model saved to {args.save}")
     return 0
 
 
-def main(argv=None):
+def _clear_cache(args):
+    from .kernels import cache
+
+    n = cache.clear()
+    print(
+        f"removed {n} cached kernel file{'s' * (n != 1)} from: " + ", ".join(cache.candidate_dirs())
+    )
+    return 0
+
+
+def _add_clear_cache(sub):
+    p = sub.add_parser("clear-cache", help="delete fastnn's compiled kernels from Numba's cache")
+    p.set_defaults(func=_clear_cache)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_clear_cache(sub)
     from .bench import add_parser
+
     add_parser(sub)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args.func(args)
