@@ -14,6 +14,8 @@ official MD5 sums and moved into place atomically (a failed or corrupt
 download leaves nothing behind).
 """
 
+from __future__ import annotations
+
 import gzip
 import hashlib
 import os
@@ -25,6 +27,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 FILES = {
     "train_images": ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
@@ -75,8 +78,10 @@ def read_idx(path, magic=None):
     except (EOFError, OSError, zlib.error) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise ValueError(f"{path}: cannot decompress ({e}); the file is truncated or corrupt. "
-                         "Delete it and provide the official file again.") from None
+        raise ValueError(
+            f"{path}: cannot decompress ({e}); the file is truncated or corrupt. "
+            "Delete it and provide the official file again."
+        ) from None
     if len(raw) < 4:
         raise ValueError(f"{path}: too short to be an IDX file ({len(raw)} bytes)")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
@@ -91,8 +96,10 @@ def read_idx(path, magic=None):
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     size = int(np.prod(shape))
     if len(raw) - header != size:
-        raise ValueError(f"{path}: IDX header promises {size} bytes of data for shape {shape}, "
-                         f"file holds {len(raw) - header}: truncated or corrupt")
+        raise ValueError(
+            f"{path}: IDX header promises {size} bytes of data for shape {shape}, "
+            f"file holds {len(raw) - header}: truncated or corrupt"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -125,8 +132,10 @@ def download_mnist(dest=None, base_urls=None, quiet=False):
             url = base.rstrip("/") + "/" + name
             fd, tmp = tempfile.mkstemp(prefix=name + ".", suffix=".part", dir=dest)
             try:
-                with os.fdopen(fd, "wb") as out, \
-                        urllib.request.urlopen(url, timeout=_TIMEOUT) as response:
+                with (
+                    os.fdopen(fd, "wb") as out,
+                    urllib.request.urlopen(url, timeout=_TIMEOUT) as response,
+                ):
                     while True:
                         block = response.read(1 << 20)
                         if not block:
@@ -157,7 +166,12 @@ def find_mnist(data_dir=None):
     return None
 
 
-def load_mnist(data_dir=None, dtype=np.float32, validation=False, download=False):
+def load_mnist(
+    data_dir: str | os.PathLike | None = None,
+    dtype: npt.DTypeLike = np.float32,
+    validation: bool | int = False,
+    download: bool = False,
+) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     """Load MNIST as arrays.
 
     Parameters
@@ -196,20 +210,25 @@ def load_mnist(data_dir=None, dtype=np.float32, validation=False, download=False
             "Put the four official files (" + ", ".join(n for n, _ in FILES.values()) + ") in "
             "one of these folders, set FASTNN_DATA to a folder with an 'mnist' sub-folder "
             "holding them, or call load_mnist(download=True) / "
-            "'python -m fastnn train --download' when online.")
+            "'python -m fastnn train --download' when online."
+        )
     arrays = {}
     for key, (name, _) in FILES.items():
-        arrays[key] = read_idx(folder / name,
-                               IMAGE_MAGIC if key.endswith("images") else LABEL_MAGIC)
+        arrays[key] = read_idx(
+            folder / name, IMAGE_MAGIC if key.endswith("images") else LABEL_MAGIC
+        )
     out = []
     for part in ("train", "test"):
         images, labels = arrays[part + "_images"], arrays[part + "_labels"]
         if images.ndim != 3 or images.shape[1:] != (28, 28):
-            raise ValueError(f"{folder / FILES[part + '_images'][0]}: expected 28x28 images, "
-                             f"got shape {images.shape}")
+            raise ValueError(
+                f"{folder / FILES[part + '_images'][0]}: expected 28x28 images, "
+                f"got shape {images.shape}"
+            )
         if labels.shape != (images.shape[0],):
-            raise ValueError(f"{folder}: {labels.shape[0]} {part} labels for "
-                             f"{images.shape[0]} images")
+            raise ValueError(
+                f"{folder}: {labels.shape[0]} {part} labels for {images.shape[0]} images"
+            )
         if labels.max() > 9:
             raise ValueError(f"{folder / FILES[part + '_labels'][0]}: label above 9")
         X = images.reshape(images.shape[0], 784)

@@ -47,6 +47,6 @@ def unpack(theta, sizes):
     offs, _ = layer_offsets(sizes)
     weights, biases = [], []
     for o, n_in, n_out in zip(offs, sizes[:-1], sizes[1:]):
-        weights.append(theta[o:o + n_in * n_out].reshape(n_out, n_in))
-        biases.append(theta[o + n_in * n_out:o + n_in * n_out + n_out])
+        weights.append(theta[o : o + n_in * n_out].reshape(n_out, n_in))
+        biases.append(theta[o + n_in * n_out : o + n_in * n_out + n_out])
     return weights, biases

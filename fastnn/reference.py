@@ -22,8 +22,19 @@ second, slower baseline.
 
 import numpy as np
 
-from .layout import (COSTS, CROSS_ENTROPY, HIDDEN_ACTIVATIONS, LOG_LOSS, OUTPUT_ACTIVATIONS,
-                     QUADRATIC, RELU, SIGMOID, SOFTMAX, TANH, unpack)
+from .layout import (
+    COSTS,
+    CROSS_ENTROPY,
+    HIDDEN_ACTIVATIONS,
+    LOG_LOSS,
+    OUTPUT_ACTIVATIONS,
+    QUADRATIC,
+    RELU,
+    SIGMOID,
+    SOFTMAX,
+    TANH,
+    unpack,
+)
 
 
 def activate(z, act):
@@ -130,28 +141,52 @@ def update(theta, grad_sum, m, sizes, eta, decay=0.0):
         b -= (eta / m) * db
 
 
-def sgd_step(theta, sizes, X, y, eta, decay=0.0, hidden="sigmoid", output="sigmoid",
-             cost_name="quadratic"):
+def sgd_step(
+    theta, sizes, X, y, eta, decay=0.0, hidden="sigmoid", output="sigmoid", cost_name="quadratic"
+):
     """One SGD step on the mini-batch ``(X, y)``; returns (cost sum, correct) before the step."""
     grad, total, correct = backprop(theta, sizes, X, y, hidden, output, cost_name)
     update(theta, grad, len(X), sizes, eta, decay)
     return total, correct
 
 
-def train_epoch(theta, sizes, X, y, perm, m, eta, decay=0.0, hidden="sigmoid",
-                output="sigmoid", cost_name="quadratic"):
+def train_epoch(
+    theta,
+    sizes,
+    X,
+    y,
+    perm,
+    m,
+    eta,
+    decay=0.0,
+    hidden="sigmoid",
+    output="sigmoid",
+    cost_name="quadratic",
+):
     """One epoch of mini-batch SGD over ``X[perm]``, one matrix product per layer per batch."""
     total, correct = 0.0, 0
     for b0 in range(0, len(perm), m):
-        rows = perm[b0:b0 + m]
+        rows = perm[b0 : b0 + m]
         c, k = sgd_step(theta, sizes, X[rows], y[rows], eta, decay, hidden, output, cost_name)
         total += c
         correct += k
     return total, correct
 
 
-def train_epoch_per_sample(theta, sizes, X, y, perm, m, eta, decay=0.0, hidden="sigmoid",
-                           output="sigmoid", cost_name="quadratic", n_batches=None):
+def train_epoch_per_sample(
+    theta,
+    sizes,
+    X,
+    y,
+    perm,
+    m,
+    eta,
+    decay=0.0,
+    hidden="sigmoid",
+    output="sigmoid",
+    cost_name="quadratic",
+    n_batches=None,
+):
     """The classic loop of Nielsen's ``network.py``: backprop one sample at a time.
 
     Same maths as :func:`train_epoch`, written the way ``network.py`` is:
@@ -189,7 +224,7 @@ def train_epoch_per_sample(theta, sizes, X, y, perm, m, eta, decay=0.0, hidden="
 
     stop = len(perm) if n_batches is None else min(len(perm), n_batches * m)
     for b0 in range(0, stop, m):
-        mini_batch = [(X[r].reshape(-1, 1), y[r]) for r in perm[b0:b0 + m]]
+        mini_batch = [(X[r].reshape(-1, 1), y[r]) for r in perm[b0 : b0 + m]]
         nabla_b = [np.zeros(b.shape, b.dtype) for b in biases]
         nabla_w = [np.zeros(w.shape, w.dtype) for w in weights]
         for x, label in mini_batch:

@@ -5,8 +5,12 @@ import numpy as np
 COMBOS = [  # (hidden activation, output activation, cost)
     (h, o, c)
     for h in ("sigmoid", "relu", "tanh")
-    for o, c in (("sigmoid", "quadratic"), ("softmax", "quadratic"),
-                 ("sigmoid", "cross_entropy"), ("softmax", "log_loss"))
+    for o, c in (
+        ("sigmoid", "quadratic"),
+        ("softmax", "quadratic"),
+        ("sigmoid", "cross_entropy"),
+        ("softmax", "log_loss"),
+    )
 ]
 
 

@@ -151,8 +151,9 @@ def test_download_verifies_and_is_atomic(clean_env, server, monkeypatch):
     (root / FILES["test_labels"][0]).write_bytes(good)
     (X, y), (Xt, yt) = load_mnist(download=True)
     assert X.shape == (60000, 784) and Xt.shape == (10000, 784)
-    assert sorted(p.name for p in datasets.cache_dir().iterdir()) == \
-        sorted(n for n, _ in FILES.values())
+    assert sorted(p.name for p in datasets.cache_dir().iterdir()) == sorted(
+        n for n, _ in FILES.values()
+    )
 
 
 def test_real_mnist_matches_published_facts():

@@ -12,8 +12,15 @@ from helpers import COMBOS, make_data
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 def test_gradient_matches_finite_differences(hidden, output, cost, weight_decay):
     sizes = [6, 5, 4, 3]
-    net = Network(sizes, activation=hidden, output=output, cost=cost, dtype=np.float64, seed=2,
-                  weight_decay=weight_decay)
+    net = Network(
+        sizes,
+        activation=hidden,
+        output=output,
+        cost=cost,
+        dtype=np.float64,
+        seed=2,
+        weight_decay=weight_decay,
+    )
     X, y = make_data(9, sizes[0], sizes[-1], seed=5)
     X += 0.05  # keep relu pre-activations away from the kink at 0
     theta0 = net.parameters.copy()

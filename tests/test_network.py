@@ -52,8 +52,9 @@ def test_feedforward_shapes_follow_input():
     out = net.feedforward(X)
     assert out.shape == (5, 3)
     assert net.feedforward(X[0]).shape == (3,)
-    np.testing.assert_allclose(net.feedforward(X[0].reshape(-1, 1)), out[0].reshape(-1, 1),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        net.feedforward(X[0].reshape(-1, 1)), out[0].reshape(-1, 1), rtol=1e-6
+    )
     assert net.predict(X).shape == (5,) and net.predict(X).dtype.kind == "i"
     p = net.predict_proba(X)
     np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-6)
@@ -77,9 +78,11 @@ def test_history_and_printing(capsys):
 
 def test_training_lowers_cost_for_every_configuration():
     X, y = make_data(600, 10, 3, seed=3)
-    for hidden, output, cost, eta in [("sigmoid", "sigmoid", "quadratic", 3.0),
-                                      ("relu", "softmax", "log_loss", 0.1),
-                                      ("tanh", "sigmoid", "cross_entropy", 0.5)]:
+    for hidden, output, cost, eta in [
+        ("sigmoid", "sigmoid", "quadratic", 3.0),
+        ("relu", "softmax", "log_loss", 0.1),
+        ("tanh", "sigmoid", "cross_entropy", 0.5),
+    ]:
         net = Network([10, 8, 3], activation=hidden, output=output, cost=cost, seed=0)
         before = net.cost(X, y)
         net.SGD((X, y), 5, 10, eta, quiet=True)
@@ -88,15 +91,28 @@ def test_training_lowers_cost_for_every_configuration():
 
 def test_save_load_round_trip_is_exact(tmp_path):
     for dtype in (np.float32, np.float64):
-        net = Network([7, 5, 3], activation="tanh", cost="log_loss", weight_decay=0.01,
-                      init="standard", dtype=dtype, seed=4)
+        net = Network(
+            [7, 5, 3],
+            activation="tanh",
+            cost="log_loss",
+            weight_decay=0.01,
+            init="standard",
+            dtype=dtype,
+            seed=4,
+        )
         path = tmp_path / f"net-{np.dtype(dtype).name}.npz"
         net.save(path)
         back = Network.load(path)
         assert back.parameters.dtype == net.parameters.dtype
         assert np.array_equal(back.parameters, net.parameters)
-        assert (back.sizes, back.activation, back.output, back.cost_name, back.weight_decay,
-                back.init) == (net.sizes, "tanh", "softmax", "log_loss", 0.01, "standard")
+        assert (
+            back.sizes,
+            back.activation,
+            back.output,
+            back.cost_name,
+            back.weight_decay,
+            back.init,
+        ) == (net.sizes, "tanh", "softmax", "log_loss", 0.01, "standard")
         X, _ = make_data(4, 7, 3)
         assert np.array_equal(back.feedforward(X), net.feedforward(X))
     with np.load(path, allow_pickle=False) as f:  # documented keys, no pickle needed
@@ -132,15 +148,18 @@ def test_bad_sizes(sizes):
         Network(sizes)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(activation="softplus"), "activation"),
-    (dict(output="relu"), "output"),
-    (dict(cost="hinge"), "cost"),
-    (dict(cost="log_loss", output="sigmoid"), "log_loss"),
-    (dict(cost="cross_entropy", output="softmax"), "cross_entropy"),
-    (dict(init="zeros"), "init"),
-    (dict(weight_decay=-1.0), "weight_decay"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(activation="softplus"), "activation"),
+        (dict(output="relu"), "output"),
+        (dict(cost="hinge"), "cost"),
+        (dict(cost="log_loss", output="sigmoid"), "log_loss"),
+        (dict(cost="cross_entropy", output="softmax"), "cross_entropy"),
+        (dict(init="zeros"), "init"),
+        (dict(weight_decay=-1.0), "weight_decay"),
+    ],
+)
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Network([5, 3], **kwargs)
@@ -151,31 +170,42 @@ def test_bad_dtype():
         Network([5, 3], dtype=np.int32)
 
 
-@pytest.mark.parametrize("X,y,exc,match", [
-    (X_OK[:, :4], Y_OK, ValueError, r"shape \(n_samples, 5\)"),
-    (X_OK, Y_OK[:-1], ValueError, "20 labels"),
-    (X_OK, Y_OK + 3, ValueError, "outside 0..2"),
-    (X_OK, -Y_OK - 1, ValueError, "outside 0..2"),
-    (X_OK, Y_OK + 0.5, ValueError, "integer class labels"),
-    (np.where(np.eye(20, 5) > 0, np.nan, X_OK), Y_OK, ValueError, "NaN or infinite"),
-    (np.where(np.eye(20, 5) > 0, np.inf, X_OK), Y_OK, ValueError, "NaN or infinite"),
-    (X_OK[:0], Y_OK[:0], ValueError, "empty"),
-    (X_OK.astype(str), Y_OK, TypeError, "real numbers"),
-    (X_OK > 0.5, Y_OK, TypeError, "real numbers"),
-    (X_OK, Y_OK.astype(str), TypeError, "integer class labels"),
-    (np.full((20, 5), 1e300), Y_OK, ValueError, "too large for float32"),
-])
+@pytest.mark.parametrize(
+    "X,y,exc,match",
+    [
+        (X_OK[:, :4], Y_OK, ValueError, r"shape \(n_samples, 5\)"),
+        (X_OK, Y_OK[:-1], ValueError, "20 labels"),
+        (X_OK, Y_OK + 3, ValueError, "outside 0..2"),
+        (X_OK, -Y_OK - 1, ValueError, "outside 0..2"),
+        (X_OK, Y_OK + 0.5, ValueError, "integer class labels"),
+        (np.where(np.eye(20, 5) > 0, np.nan, X_OK), Y_OK, ValueError, "NaN or infinite"),
+        (np.where(np.eye(20, 5) > 0, np.inf, X_OK), Y_OK, ValueError, "NaN or infinite"),
+        (X_OK[:0], Y_OK[:0], ValueError, "empty"),
+        (X_OK.astype(str), Y_OK, TypeError, "real numbers"),
+        (X_OK > 0.5, Y_OK, TypeError, "real numbers"),
+        (X_OK, Y_OK.astype(str), TypeError, "integer class labels"),
+        (np.full((20, 5), 1e300), Y_OK, ValueError, "too large for float32"),
+    ],
+)
 def test_bad_training_data(X, y, exc, match):
     net = Network([5, 4, 3], seed=0)
     with pytest.raises(exc, match=match):
         net.SGD((X, y), 1, 10, 1.0, quiet=True)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(eta=0.0), "eta"), (dict(eta=-1.0), "eta"), (dict(eta=float("nan")), "eta"),
-    (dict(mini_batch_size=0), "mini_batch_size"), (dict(mini_batch_size=2.5), "mini_batch_size"),
-    (dict(epochs=0), "epochs"), (dict(threads=0), "threads"), (dict(threads=10 ** 6), "threads"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(eta=0.0), "eta"),
+        (dict(eta=-1.0), "eta"),
+        (dict(eta=float("nan")), "eta"),
+        (dict(mini_batch_size=0), "mini_batch_size"),
+        (dict(mini_batch_size=2.5), "mini_batch_size"),
+        (dict(epochs=0), "epochs"),
+        (dict(threads=0), "threads"),
+        (dict(threads=10**6), "threads"),
+    ],
+)
 def test_bad_training_settings(kwargs, match):
     args = dict(epochs=1, mini_batch_size=10, eta=1.0)
     args.update(kwargs)
@@ -204,10 +234,15 @@ def test_inference_rejects_non_finite_input_on_every_path(bad):
     net = Network([5, 4, 3], seed=0)
     X = np.ones((9, 5), dtype=np.float32)
     X[7, 2] = bad
-    for call in (net.predict, net.predict_proba, net.feedforward, lambda a: net.feedforward(a[7]),
-                 lambda a: net.feedforward(a[7].reshape(-1, 1)),
-                 lambda a: net.feedforward(a[7].astype(np.float64)),
-                 lambda a: net.accuracy(a, np.zeros(9, int))):
+    for call in (
+        net.predict,
+        net.predict_proba,
+        net.feedforward,
+        lambda a: net.feedforward(a[7]),
+        lambda a: net.feedforward(a[7].reshape(-1, 1)),
+        lambda a: net.feedforward(a[7].astype(np.float64)),
+        lambda a: net.accuracy(a, np.zeros(9, int)),
+    ):
         with pytest.raises(ValueError, match="NaN or infinite"):
             call(X)
 

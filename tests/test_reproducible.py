@@ -9,7 +9,7 @@ import pytest
 
 import fastnn
 
-SCRIPT = r'''
+SCRIPT = r"""
 import hashlib
 import numpy as np
 import fastnn
@@ -29,7 +29,7 @@ for sizes, m, X, kw in [([100, 16, 16, 10], 10, sparse, {}),  # sparse driver
     out += [digest(net.parameters), digest(net.gradient(dense[:300], y[:300])),
             digest(net.feedforward(dense[:300])), digest(net.feedforward(dense[0]))]
 print(" ".join(out))
-'''
+"""
 
 
 @pytest.mark.slow
@@ -37,10 +37,17 @@ def test_same_result_whether_kernels_are_compiled_or_loaded_from_the_cache(tmp_p
     # Kernels once used LLVM's reassociation everywhere, which rewrote the sigmoid
     # derivative differently when a kernel was compiled than when it came from the cache:
     # the first run of a script trained to other weights than the runs after it.
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"),
-               PYTHONPATH=os.path.dirname(os.path.dirname(fastnn.__file__)))
-    runs = [subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
-                           text=True, timeout=900) for _ in range(2)]  # compiles, then loads
+    env = dict(
+        os.environ,
+        NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+        PYTHONPATH=os.path.dirname(os.path.dirname(fastnn.__file__)),
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900
+        )
+        for _ in range(2)
+    ]  # compiles, then loads
     for r in runs:
         assert r.returncode == 0, r.stderr
     assert any(tmp_path.joinpath("cache").rglob("*.nbc"))  # the second run had a cache
