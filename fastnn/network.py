@@ -460,7 +460,7 @@ class Network:
 
         def run_epoch(perm):
             return drv.epoch(
-                *args, *inputs, y, perm, m, *buffers, _team_size(most), eta, self.weight_decay
+                *args, *inputs, y, perm, m, buffers, _team_size(most), eta, self.weight_decay
             )
 
         run_epoch.driver = name

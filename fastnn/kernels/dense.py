@@ -529,12 +529,7 @@ def train_epoch(
     y,
     perm,
     m,
-    ident,
-    A,
-    D,
-    G,
-    blocks,
-    stats,
+    buf,
     want,
     eta,
     decay,
@@ -544,10 +539,11 @@ def train_epoch(
     The last mini-batch may be smaller.  The loop over mini-batches runs in
     compiled code; each step is one parallel region (:func:`sgd_step`) on
     Numba's thread pool, so ``want`` (the team size of the other drivers) is
-    not used.  Buffers: see :func:`samples_buffers`.  Returns the sums of
+    not used.  ``buf`` is a :class:`SamplesBuffers`.  Returns the sums of
     per-sample costs and of correct predictions, each measured on its
     mini-batch just before that mini-batch's update.
     """
+    ident, A, D, G, blocks, stats = buf
     par_update = theta.shape[0] >= PARALLEL_UPDATE_MIN
     n = perm.shape[0]
     total = 0.0
@@ -681,7 +677,7 @@ def update_blocks(sizes, offs):
 
 
 class SamplesBuffers(NamedTuple):
-    """Buffers of :func:`train_epoch` and :func:`sgd_step`, in their argument order.
+    """The buffers of :func:`train_epoch` (its argument ``buf``) and :func:`sgd_step`.
 
     ``H = sum(sizes[1:])`` activation columns, ``m`` the batch size.
     """

@@ -41,17 +41,12 @@ def _hybrid_member(
     y,
     perm,
     m,
-    ident,
-    A,
-    D,
-    P,
-    G,
-    CS,
-    sync,
+    buf,
     eta,
     decay,
 ):
     """One member's share of :func:`train_epoch_hybrid` (see there)."""
+    ident, A, D, P, G, CS, sync = buf
     n = perm.shape[0]
     L = sizes.shape[0] - 1
     n_in = sizes[0]
@@ -130,13 +125,7 @@ def train_epoch_hybrid(
     y,
     perm,
     m,
-    ident,
-    A,
-    D,
-    P,
-    G,
-    CS,
-    sync,
+    buf,
     want,
     eta,
     decay,
@@ -153,8 +142,9 @@ def train_epoch_hybrid(
     every member updates its private copy of the later layers (``P[slot]``)
     from the chunk gradients summed in chunk order.  Two barriers per step.
     Bit-identical for any thread count.  Returns (sum of costs, number correct).
-    Buffers: see :class:`HybridBuffers`.
+    ``buf`` is a :class:`HybridBuffers`.
     """
+    ident, A, D, P, G, CS, sync = buf
     for i in range(sync.shape[0]):
         sync[i] = 0
     for c in range(CS.shape[0]):
@@ -177,13 +167,7 @@ def train_epoch_hybrid(
                 y,
                 perm,
                 m,
-                ident,
-                A,
-                D,
-                P,
-                G,
-                CS,
-                sync,
+                buf,
                 eta,
                 decay,
             )
@@ -196,7 +180,7 @@ def train_epoch_hybrid(
 
 
 class HybridBuffers(NamedTuple):
-    """Buffers of :func:`train_epoch_hybrid`, in its argument order.
+    """The buffers of :func:`train_epoch_hybrid` (its argument ``buf``).
 
     ``team`` members, batch ``m``, ``H`` = ``sum(sizes[1:])`` rounded up to
     whole cache lines, ``rest = n_params - sizes[0]*sizes[1] - sizes[1]``

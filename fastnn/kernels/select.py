@@ -97,13 +97,13 @@ class Driver(NamedTuple):
     """An epoch driver and what it needs.
 
     ``epoch(theta, sizes, offs, aoff, hid, out, cost, *inputs, y, perm, m,
-    *buffers, team, eta, decay)`` trains one epoch in place and returns (sum
-    of costs, number correct); ``inputs`` is ``(X,)``, or the CSR form
+    buf, team, eta, decay)`` trains one epoch in place and returns (sum of
+    costs, number correct); ``inputs`` is ``(X,)``, or the CSR form
     ``(indptr, indices, values)`` when ``sparse_inputs``.
-    ``buffers(sizes, m, dtype, team)`` allocates its buffers for batches of up
-    to ``m`` and teams of up to ``team`` members; ``units(sizes, m)`` is the
-    most members that get work.  ``needs_hidden``: the driver needs at least
-    one hidden layer.
+    ``buffers(sizes, m, dtype, team)`` allocates ``buf`` (a NamedTuple) for
+    batches of up to ``m`` and teams of up to ``team`` members;
+    ``units(sizes, m)`` is the most members that get work.
+    ``needs_hidden``: the driver needs at least one hidden layer.
     """
 
     name: str

@@ -104,18 +104,12 @@ def _sparse_member(
     y,
     perm,
     m,
-    ident,
-    A,
-    D,
-    P,
-    G,
-    Z,
-    CS,
-    sync,
+    buf,
     eta,
     decay,
 ):
     """One member's share of :func:`train_epoch_sparse` (see there)."""
+    ident, A, D, P, G, Z, CS, sync = buf
     n = perm.shape[0]
     L = sizes.shape[0] - 1
     n_in = sizes[0]
@@ -231,14 +225,7 @@ def train_epoch_sparse(
     y,
     perm,
     m,
-    ident,
-    A,
-    D,
-    P,
-    G,
-    Z,
-    CS,
-    sync,
+    buf,
     want,
     eta,
     decay,
@@ -266,9 +253,10 @@ def train_epoch_sparse(
     Bit-identical for any thread count.  Returns (sum of costs, number
     correct).
 
-    Buffers: see :class:`SparseBuffers`.  ``indices`` must lie in
+    ``buf`` is a :class:`SparseBuffers`.  ``indices`` must lie in
     ``[0, sizes[0])``: the lane kernels do not check them.
     """
+    ident, A, D, P, G, Z, CS, sync = buf
     for i in range(sync.shape[0]):
         sync[i] = 0
     for c in range(CS.shape[0]):
@@ -293,14 +281,7 @@ def train_epoch_sparse(
                 y,
                 perm,
                 m,
-                ident,
-                A,
-                D,
-                P,
-                G,
-                Z,
-                CS,
-                sync,
+                buf,
                 eta,
                 decay,
             )
@@ -328,7 +309,7 @@ def csr_rows(X, dtype):
 
 
 class SparseBuffers(NamedTuple):
-    """Buffers of :func:`train_epoch_sparse`, in its argument order.
+    """The buffers of :func:`train_epoch_sparse` (its argument ``buf``).
 
     ``team`` members, batch ``m``, ``H`` = ``sum(sizes[1:])`` rounded up to
     whole cache lines, ``n1p`` = ``sizes[1]`` rounded up to whole lane

@@ -275,18 +275,12 @@ def _team_member(
     y,
     perm,
     m,
-    ident,
-    A,
-    D,
-    P,
-    G,
-    E,
-    stats,
-    sync,
+    buf,
     eta,
     decay,
 ):
     """One member's share of :func:`train_epoch_split` (see there)."""
+    ident, A, D, P, G, E, stats, sync = buf
     n = perm.shape[0]
     L = sizes.shape[0] - 1
     n_in = sizes[0]
@@ -394,14 +388,7 @@ def train_epoch_split(
     y,
     perm,
     m,
-    ident,
-    A,
-    D,
-    P,
-    G,
-    E,
-    stats,
-    sync,
+    buf,
     want,
     eta,
     decay,
@@ -432,8 +419,9 @@ def train_epoch_split(
     One barrier per step; only the first-layer outputs cross cores.  Each
     pair's arithmetic, and the later layers', is the same whatever the team
     size, so results are bit-identical for any thread count; they differ
-    from :func:`train_epoch` only in rounding.  Buffers: see :class:`SplitBuffers`.
+    from :func:`train_epoch` only in rounding.  ``buf`` is a :class:`SplitBuffers`.
     """
+    ident, A, D, P, G, E, stats, sync = buf
     for i in range(sync.shape[0]):
         sync[i] = 0
     for _ in prange(want):
@@ -453,14 +441,7 @@ def train_epoch_split(
                 y,
                 perm,
                 m,
-                ident,
-                A,
-                D,
-                P,
-                G,
-                E,
-                stats,
-                sync,
+                buf,
                 eta,
                 decay,
             )
@@ -468,7 +449,7 @@ def train_epoch_split(
 
 
 class SplitBuffers(NamedTuple):
-    """Buffers of :func:`train_epoch_split`, in its argument order.
+    """The buffers of :func:`train_epoch_split` (its argument ``buf``).
 
     ``team`` members, batch ``m``, ``H`` = ``sum(sizes[1:])`` rounded up to
     whole cache lines, ``n1 = sizes[1]``, ``rest = n_params - sizes[0]*n1``
