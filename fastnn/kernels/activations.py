@@ -56,10 +56,13 @@ def _exp64(x):
 
 @njit(inline="always", **_opts)
 def _exp_or_sigmoid(x, sigmoid, f32):
-    """``1/(1 + exp(-x))`` if ``sigmoid``, else ``exp(x)``; float32 maths if ``f32``."""
+    """``1/(1 + exp(-x))`` if ``sigmoid``, else ``exp(x)``; float32 maths if ``f32``.
+
+    The sigmoid of +-inf is 1 or about 1e-38 (``exp`` clamps its argument), NaN stays NaN.
+    """
     if sigmoid:
         e = _exp32(-x) if f32 else _exp64(-x)
-        return (x - x + _1) / (_1 + e)
+        return _1 / (_1 + e)
     return _exp32(x) if f32 else _exp64(x)
 
 
@@ -143,6 +146,15 @@ def _count_nonfinite(a):
     return bad
 
 
+@njit(inline="always", **_opts)
+def _log_clamped(p):
+    """``log(max(p, 1e-300))`` in float64, except that NaN stays NaN (a NaN output must make
+    the cost NaN, which training reports as divergence, not a finite 690)."""
+    if p < 1e-300:
+        return np.log(1e-300)
+    return np.log(np.float64(p))
+
+
 @njit(**_opts)
 def _output_delta(a, d, label, out, cost):
     """Output-layer delta ``d`` for output activations ``a``; returns (cost, predicted class)."""
@@ -158,9 +170,9 @@ def _output_delta(a, d, label, out, cost):
             c += 0.5 * (a[j] - y) * (a[j] - y)
         elif cost == CROSS_ENTROPY:
             p = a[j] if j == label else _1 - a[j]
-            c -= np.log(max(p, 1e-300))
+            c -= _log_clamped(p)
         elif j == label:  # LOG_LOSS
-            c -= np.log(max(a[j], 1e-300))
+            c -= _log_clamped(a[j])
     if cost == QUADRATIC:
         if out == SIGMOID:
             for j in range(n):

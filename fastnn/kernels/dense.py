@@ -363,8 +363,9 @@ def _dense_backprop(theta, woff, n_in, n_out, D, d_col, A, a_col, act, s0, s1):
 def _forward_chunk(theta, sizes, offs, aoff, hid, out, X, rows, ident, A, s0, s1):
     """Forward pass of samples ``rows[s0:s1]`` of ``X``; outputs into ``A[s0:s1]``.
 
-    Returns the number of first-layer pre-activations that are not finite
-    (inference uses it to reject NaN/inf input; training ignores it).
+    Returns the number of pre-activations (of any layer) and outputs that are
+    not finite: inference uses it to reject NaN/inf input and any layer that
+    overflowed; training ignores it.
     """
     L = sizes.shape[0] - 1
     bad = 0
@@ -373,15 +374,17 @@ def _forward_chunk(theta, sizes, offs, aoff, hid, out, X, rows, ident, A, s0, s1
         boff = offs[l] + n_in * n_out
         if l == 0:
             _dense_forward(theta, offs[0], boff, n_in, n_out, X, rows, 0, A, aoff[0], s0, s1)
-            for i in range(s0, s1):
-                bad += _count_nonfinite(A[i, aoff[0] : aoff[0] + n_out])
         else:
             _dense_forward(
                 theta, offs[l], boff, n_in, n_out, A, ident, aoff[l - 1], A, aoff[l], s0, s1
             )
         act = out if l == L - 1 else hid
         for i in range(s0, s1):
-            _activate(A[i, aoff[l] : aoff[l] + sizes[l + 1]], act)
+            a = A[i, aoff[l] : aoff[l] + n_out]
+            bad += _count_nonfinite(a)
+            _activate(a, act)
+    for i in range(s0, s1):
+        bad += _count_nonfinite(A[i, aoff[L - 1] : aoff[L - 1] + sizes[L]])
     return bad
 
 
@@ -664,16 +667,20 @@ def gradient(theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, 
 
 
 def update_blocks(sizes, offs):
-    """Fixed blocks ``(start, stop, is_weight)`` covering the parameter vector."""
-    blocks = []
+    """Fixed blocks ``(start, stop, is_weight)`` covering the parameter vector.
+
+    Each layer's ``W`` and ``b`` are cut into blocks of at most ``UPDATE_BLOCK``
+    values (built with NumPy: one row per block, no Python loop over them).
+    """
+    parts = []
     for l in range(len(sizes) - 1):
-        n_in, n_out = sizes[l], sizes[l + 1]
-        w0 = offs[l]
-        b0 = w0 + n_in * n_out
-        for lo, hi, is_w in ((w0, b0, 1), (b0, b0 + n_out, 0)):
-            for s in range(lo, hi, UPDATE_BLOCK):
-                blocks.append((s, min(s + UPDATE_BLOCK, hi), is_w))
-    return np.array(blocks, dtype=np.int64)
+        w0 = int(offs[l])
+        b0 = w0 + sizes[l] * sizes[l + 1]
+        for lo, hi, is_w in ((w0, b0, 1), (b0, b0 + sizes[l + 1], 0)):
+            starts = np.arange(lo, hi, UPDATE_BLOCK, dtype=np.int64)
+            stops = np.minimum(starts + UPDATE_BLOCK, hi)
+            parts.append(np.stack([starts, stops, np.full_like(starts, is_w)], axis=1))
+    return np.concatenate(parts)
 
 
 class SamplesBuffers(NamedTuple):

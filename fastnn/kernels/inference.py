@@ -1,8 +1,9 @@
 """Inference: the forward pass of many samples (parallel blocks) or of one (serial).
 
-Both count the non-finite first-layer pre-activations on the way, so the
+Both count the non-finite pre-activations of every layer on the way, so the
 Python layer can reject NaN/inf input without a separate pass over ``X``
-(which alone took longer than the forward pass of the 10,000 test images).
+(which alone took longer than the forward pass of the 10,000 test images),
+and no layer's overflow reaches the user as NaN outputs.
 """
 
 from numba import njit, prange
@@ -17,10 +18,9 @@ def forward(theta, sizes, offs, aoff, hid, out, X, ident, A, block):
     """Forward pass of all rows of ``X`` into ``A`` (``ident`` is ``arange(len(X))``).
 
     ``A[:, aoff[-1]:]`` holds the network's output; rows are processed in
-    parallel blocks of ``block`` samples.  Returns the number of first-layer
-    pre-activations that are not finite: non-zero exactly when an input is NaN
-    or infinite (or so large that the first layer overflows), which lets the
-    Python layer reject such input without a separate pass over ``X``.
+    parallel blocks of ``block`` samples.  Returns the number of
+    pre-activations and outputs that are not finite: non-zero exactly when an
+    input is NaN or infinite or some layer overflowed.
     """
     n = ident.shape[0]
     nblocks = (n + block - 1) // block
@@ -37,7 +37,7 @@ def forward_one(theta, sizes, offs, aoff, hid, out, x, a):
     """Forward pass of the single sample ``x`` (1-D) into ``a`` (length ``sum(sizes[1:])``).
 
     The latency path: serial, no parallel region.  Returns the count of
-    non-finite first-layer pre-activations, as :func:`forward` does.
+    non-finite pre-activations and outputs, as :func:`forward` does.
     """
     L = sizes.shape[0] - 1
     bad = 0
@@ -52,7 +52,6 @@ def forward_one(theta, sizes, offs, aoff, hid, out, x, a):
             for k in range(n_in):
                 acc += w[k] * src[k]
             dst[j] = acc + b[j]
-        if l == 0:
-            bad = _count_nonfinite(dst)
+        bad += _count_nonfinite(dst)
         _activate(dst, out if l == L - 1 else hid)
-    return bad
+    return bad + _count_nonfinite(a[aoff[L - 1] : aoff[L - 1] + sizes[L]])
