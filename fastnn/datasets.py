@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import numbers
 import os
 import struct
 import tempfile
@@ -57,6 +58,8 @@ def search_dirs(data_dir=None):
     """The folders looked in, in order."""
     dirs = []
     if data_dir is not None:
+        if not Path(data_dir).is_dir():
+            raise MNISTNotFoundError(f"data_dir {data_dir} does not exist or is not a folder")
         dirs += [Path(data_dir), Path(data_dir) / "mnist"]
     if os.environ.get("FASTNN_DATA"):
         dirs.append(Path(os.environ["FASTNN_DATA"]) / "mnist")
@@ -64,17 +67,43 @@ def search_dirs(data_dir=None):
     return dirs
 
 
-def read_idx(path, magic=None):
+#: The most data bytes an IDX file may declare (MNIST's largest file holds 47 MB).
+MAX_IDX_BYTES = 1 << 30
+
+
+def read_idx(path, magic=None, max_bytes=MAX_IDX_BYTES):
     """Read one gzipped (or plain) IDX file into a uint8 array of its shape.
 
-    Raises ``ValueError`` naming the file when it is truncated, corrupt, not
-    IDX, or not of the expected ``magic`` number.
+    The header is read and checked first, then exactly the bytes it declares
+    (at most ``max_bytes``), so a corrupt header or a decompression bomb
+    cannot make it read or allocate more.  Raises ``ValueError`` naming the
+    file when it is truncated, corrupt, longer than its header says, not IDX,
+    or not of the expected ``magic`` number.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
+            head = f.read(4)
+            if len(head) < 4:
+                raise ValueError(f"{path}: too short to be an IDX file ({len(head)} bytes)")
+            zero, dtype_code, ndim = struct.unpack(">HBB", head)
+            found_magic = struct.unpack(">I", head)[0]
+            if zero != 0 or dtype_code != 0x08 or ndim == 0:
+                raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {found_magic})")
+            if magic is not None and found_magic != magic:
+                raise ValueError(f"{path}: wrong magic number {found_magic}, expected {magic}")
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError(f"{path}: truncated IDX header")
+            shape = struct.unpack(f">{ndim}I", dims)
+            size = int(np.prod(shape, dtype=object))
+            if size > max_bytes:
+                raise ValueError(
+                    f"{path}: IDX header declares shape {shape} ({size:,} bytes), more than "
+                    f"the {max_bytes:,} accepted: corrupt"
+                )
+            raw = f.read(size + 1)
     except (EOFError, OSError, zlib.error) as e:
         if isinstance(e, FileNotFoundError):
             raise
@@ -82,25 +111,13 @@ def read_idx(path, magic=None):
             f"{path}: cannot decompress ({e}); the file is truncated or corrupt. "
             "Delete it and provide the official file again."
         ) from None
-    if len(raw) < 4:
-        raise ValueError(f"{path}: too short to be an IDX file ({len(raw)} bytes)")
-    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    found_magic = struct.unpack(">I", raw[:4])[0]
-    if zero != 0 or dtype_code != 0x08 or ndim == 0:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {found_magic})")
-    if magic is not None and found_magic != magic:
-        raise ValueError(f"{path}: wrong magic number {found_magic}, expected {magic}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    size = int(np.prod(shape))
-    if len(raw) - header != size:
+    if len(raw) != size:
+        held = f"{len(raw)}" if len(raw) < size else "more"
         raise ValueError(
             f"{path}: IDX header promises {size} bytes of data for shape {shape}, "
-            f"file holds {len(raw) - header}: truncated or corrupt"
+            f"file holds {held}: truncated or corrupt"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
 
 
 def md5sum(path):
@@ -197,7 +214,9 @@ def load_mnist(
     dtype = np.dtype(dtype)
     if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
         raise TypeError(f"dtype must be uint8 or a float dtype, got {dtype}")
-    n_val = 10000 if validation is True else int(validation)
+    if not isinstance(validation, (bool, np.bool_, numbers.Integral)):
+        raise TypeError(f"validation must be True, False or a whole number, got {validation!r}")
+    n_val = 10000 if validation is True or validation is np.True_ else int(validation)
     if not 0 <= n_val < 60000:
         raise ValueError(f"validation must be True, False or a size below 60000, got {validation}")
     folder = find_mnist(data_dir)

@@ -100,10 +100,11 @@ def test_search_order(clean_env, monkeypatch):
 
 
 def test_missing_files_message(clean_env):
-    with pytest.raises(MNISTNotFoundError) as e:
-        load_mnist(clean_env / "nowhere")
+    (clean_env / "empty").mkdir()  # a folder without the files (one that does not exist
+    with pytest.raises(MNISTNotFoundError) as e:  # is an error of its own: test_reliability)
+        load_mnist(clean_env / "empty")
     msg = str(e.value)
-    assert str(clean_env / "nowhere") in msg and str(datasets.cache_dir()) in msg
+    assert str(clean_env / "empty") in msg and str(datasets.cache_dir()) in msg
     assert "FASTNN_DATA" in msg and "download=True" in msg
 
 
