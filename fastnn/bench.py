@@ -35,7 +35,8 @@ from . import reference
 from .bench_peers import jax_contender, sklearn_contender, torch_contender
 from .bench_report import compare, format_markdown, format_table, plot
 from .datasets import MNISTNotFoundError, load_mnist
-from .network import Network, num_threads
+from .network import Network
+from .runtime import num_threads
 
 WORKLOADS = {
     "W1": dict(
@@ -574,6 +575,25 @@ def main(args):
     return 0
 
 
+def _check_args(args):
+    """What is wrong with the bench command's arguments (before anything runs), or None."""
+    for flag, value, known in (
+        ("--workloads", args.workloads, ("W1", "W2", "W3", "W4")),
+        ("--contenders", args.contenders, tuple(TRAIN_CONTENDERS)),
+    ):
+        unknown = [v for v in (value or "").split(",") if value and v not in known]
+        if unknown:
+            return f"{flag}: unknown {', '.join(unknown)} (known: {', '.join(known)})"
+    for flag, path in (("--compare", args.compare), ("--render", args.render)):
+        if path:
+            try:
+                with open(path) as f:
+                    json.load(f)["results"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                return f"{flag} {path}: not a readable benchmark result ({e})"
+    return None
+
+
 def add_parser(sub):
     p = sub.add_parser(
         "bench",
@@ -627,6 +647,10 @@ def add_parser(sub):
     )
 
     def run(args):
+        problem = _check_args(args)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         if args.render:
             with open(args.render) as f:
                 print(format_markdown(json.load(f)))

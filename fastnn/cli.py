@@ -14,15 +14,33 @@ _T0 = time.perf_counter()
 
 
 def _sizes(text):
+    """``784,16,16,10`` or ``784-16-16-10``: positive whole numbers, at least two."""
+    parts = text.split(",") if "," in text else text.split("-")
     try:
-        sizes = [int(s) for s in text.replace("-", ",").split(",") if s]
+        sizes = [int(s) for s in parts]
     except ValueError:
+        sizes = None
+    if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(
-            f"sizes must look like 784,16,16,10, got {text!r}"
-        ) from None
+            f"sizes must be positive whole numbers like 784,16,16,10, got {text!r}"
+        )
     if len(sizes) < 2:
         raise argparse.ArgumentTypeError("sizes needs at least an input and an output layer")
     return sizes
+
+
+def _check_save_path(path):
+    """An error message if a model cannot be written at ``path``, else None (before training)."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return f"--save {path} is a directory; give the model file's path"
+    if not os.path.isdir(folder):
+        return f"--save {path}: the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK):
+        return f"--save {path}: the folder {folder} is not writable"
+    return None
 
 
 def _add_train(sub):
@@ -91,6 +109,9 @@ def _train(args):
     from .datasets import MNISTNotFoundError, load_mnist
     from .network import Network
 
+    if args.save and _check_save_path(args.save):
+        print(f"error: {_check_save_path(args.save)}", file=sys.stderr)
+        return 2
     try:
         (X, y), (Xt, yt) = load_mnist(args.data_dir, dtype=np.uint8, download=args.download)
     except (MNISTNotFoundError, ValueError, OSError) as e:
@@ -138,8 +159,12 @@ def _train(args):
         f"{statistics.median(h['seconds']):.3f} s per epoch (median)"
     )
     if args.save:
-        net.save(args.save)
-        print(f"model saved to {args.save}")
+        try:
+            path = net.save(args.save)
+        except OSError as e:
+            print(f"error: could not save the model: {e}", file=sys.stderr)
+            return 2
+        print(f"model saved to {path}")
     return 0
 
 
@@ -168,4 +193,17 @@ def main(argv: list[str] | None = None) -> int:
     add_parser(sub)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (python -m fastnn ... | head -1): stop quietly; point stdout at
+        # devnull so that the interpreter's final flush does not fail again
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
