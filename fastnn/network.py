@@ -15,8 +15,6 @@ the kernels never see data they cannot handle.
 
 from __future__ import annotations
 
-import contextlib
-import numbers
 import os
 import time
 from collections.abc import Sequence
@@ -26,7 +24,8 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from . import kernels
+from . import kernels, runtime
+from ._checks import _check_choice, _layer_sizes, _positive_int, _positive_real
 from .layout import (
     COSTS,
     HIDDEN_ACTIVATIONS,
@@ -35,71 +34,15 @@ from .layout import (
     layer_offsets,
     unpack,
 )
+from .persistence import FORMAT_NAME, FORMAT_VERSION, read_model, write_model
 
 #: Training or test data: ``(X, y)`` arrays, or a sequence of Nielsen-style ``(x, y)`` pairs.
 Data = Union[tuple[npt.ArrayLike, npt.ArrayLike], Sequence[tuple[npt.ArrayLike, npt.ArrayLike]]]
 History = dict[str, list[Any]]
 
-FORMAT_NAME = "fastnn-network"
-FORMAT_VERSION = 1
 _INITS = ("standard", "scaled")
 _DTYPES = (np.float32, np.float64)
 _PREDICT_BLOCK = 64
-
-
-def _check_choice(name, value, choices):
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
-    return value
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _positive_real(name, value, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-    return float(value)
-
-
-def _team_size(most):
-    """Members of a training team: one per Numba thread, at most ``most`` (tests replace it)."""
-    return min(numba.get_num_threads(), most)
-
-
-def _usable_cpus():
-    """CPUs this process may run on (the affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-@contextlib.contextmanager
-def num_threads(threads):
-    """Run the enclosed code with ``numba.set_num_threads(threads)`` (None: leave as is)."""
-    if threads is None:
-        yield
-        return
-    limit = numba.config.NUMBA_NUM_THREADS
-    if (
-        isinstance(threads, bool)
-        or not isinstance(threads, numbers.Integral)
-        or not 1 <= threads <= limit
-    ):
-        raise ValueError(f"threads must be an integer from 1 to {limit}, got {threads!r}")
-    before = numba.get_num_threads()
-    numba.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
 
 
 class Network:
@@ -150,16 +93,8 @@ class Network:
         dtype: npt.DTypeLike = np.float32,
         seed: int | None = None,
     ) -> None:
-        try:
-            sizes = [int(s) for s in sizes] if not isinstance(sizes, (str, bytes)) else None
-        except (TypeError, ValueError):
-            sizes = None
-        if sizes is None or len(sizes) < 2 or min(sizes) < 1:
-            raise ValueError(
-                "sizes must be a list of at least two positive layer sizes, "
-                "input first, e.g. [784, 30, 10]"
-            )
-        self.sizes = sizes
+        sizes = _layer_sizes(sizes)
+        self._size_list = sizes
         self.activation = _check_choice("activation", activation, HIDDEN_ACTIVATIONS)
         if output is None:
             output = "softmax" if cost == "log_loss" else "sigmoid"
@@ -173,7 +108,7 @@ class Network:
             )
         self.weight_decay = _positive_real("weight_decay", weight_decay, allow_zero=True)
         self.init = _check_choice("init", init, _INITS)
-        if np.dtype(dtype) not in [np.dtype(d) for d in _DTYPES]:
+        if dtype is None or np.dtype(dtype) not in [np.dtype(d) for d in _DTYPES]:
             raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
         self.dtype = np.dtype(dtype)
         self.seed = seed
@@ -189,8 +124,8 @@ class Network:
             OUTPUT_ACTIVATIONS[self.output],
             COSTS[self.cost_name],
         )
-        self.parameters = kernels.line_aligned_empty(n_params, self.dtype)
-        self.weights, self.biases = unpack(self.parameters, sizes)
+        self._theta = kernels.line_aligned_empty(n_params, self.dtype)
+        self.weights, self.biases = unpack(self._theta, sizes)
         for W, b in zip(self.weights, self.biases):
             scale = 1.0 if init == "standard" else 1.0 / np.sqrt(W.shape[1])
             W[...] = self._rng.standard_normal(W.shape) * scale
@@ -198,16 +133,47 @@ class Network:
 
     # ------------------------------------------------------------------ helpers
     @property
+    def sizes(self) -> list[int]:
+        """Neurons per layer, input first (a copy: the layout is fixed at construction)."""
+        return list(self._size_list)
+
+    @property
+    def parameters(self) -> np.ndarray:
+        """All weights and biases, one contiguous vector (``weights``/``biases`` view it)."""
+        return self._theta
+
+    @parameters.setter
+    def parameters(self, value: npt.ArrayLike) -> None:
+        """Copy ``value`` into the parameter vector, which stays the same array.
+
+        It must be a vector of exactly ``n_params`` finite real numbers; other
+        float dtypes are converted to the working dtype.  The kernels index
+        this vector without bounds checks, so nothing else is accepted.
+        """
+        v = np.asarray(value)
+        if v.dtype == bool or v.dtype.kind not in "iuf":
+            raise TypeError(f"parameters must hold real numbers, got dtype {v.dtype}")
+        if v.shape != self._theta.shape:
+            raise ValueError(
+                f"parameters must be a vector of {self._theta.size} values (the network's "
+                f"n_params), got shape {v.shape}"
+            )
+        with np.errstate(over="ignore"):
+            v = v.astype(self.dtype)
+        if not np.isfinite(v).all():
+            raise ValueError(f"parameters must be finite {self.dtype.name} values")
+        self._theta[...] = v
+
     def num_layers(self) -> int:
-        return len(self.sizes)
+        return len(self._size_list)
 
     @property
     def n_params(self) -> int:
-        return self.parameters.size
+        return self._theta.size
 
     def __repr__(self):
         return (
-            f"Network({self.sizes}, activation={self.activation!r}, output={self.output!r}, "
+            f"Network({self._size_list}, activation={self.activation!r}, output={self.output!r}, "
             f"cost={self.cost_name!r}, weight_decay={self.weight_decay}, "
             f"init={self.init!r}, dtype={self.dtype.name})"
         )
@@ -215,9 +181,9 @@ class Network:
     def views(self, vector: npt.ArrayLike) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per-layer ``(weights, biases)`` views into a flat vector laid out like ``parameters``."""
         vector = np.asarray(vector)
-        if vector.shape != self.parameters.shape:
-            raise ValueError(f"vector must have shape {self.parameters.shape}, got {vector.shape}")
-        return unpack(vector, self.sizes)
+        if vector.shape != self._theta.shape:
+            raise ValueError(f"vector must have shape {self._theta.shape}, got {vector.shape}")
+        return unpack(vector, self._size_list)
 
     def _inputs(self, X, name="X", check_finite=True, convert=True):
         """Validate ``X`` and return it as a C-contiguous 2-D array of the working dtype.
@@ -236,7 +202,7 @@ class Network:
             np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating)
         ):
             raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
-        n_in = self.sizes[0]
+        n_in = self._size_list[0]
         if X.ndim > 2 and int(np.prod(X.shape[1:])) == n_in:
             X = X.reshape(X.shape[0], n_in)
         if X.ndim != 2 or X.shape[1] != n_in:
@@ -297,7 +263,7 @@ class Network:
 
     def _labels(self, y, n, name="y"):
         y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == self.sizes[-1] and y.shape[0] == n:
+        if y.ndim == 2 and y.shape[1] == self._size_list[-1] and y.shape[0] == n:
             y = self._from_one_hot(y, name)
         if y.ndim != 1 or y.shape[0] != n:
             raise ValueError(f"{name} must be a 1-D array of {n} labels, got shape {y.shape}")
@@ -307,7 +273,7 @@ class Network:
         elif not np.issubdtype(y.dtype, np.integer) or y.dtype == bool:
             raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
         y = y.astype(np.int64)
-        k = self.sizes[-1]
+        k = self._size_list[-1]
         if y.min() < 0 or y.max() >= k:
             raise ValueError(f"{name} has labels outside 0..{k - 1} (min {y.min()}, max {y.max()})")
         return y
@@ -346,7 +312,7 @@ class Network:
 
     def _kernel_args(self):
         hid, out, cost = self._codes
-        return (self.parameters, self._sizes, self._offs, self._aoff, hid, out, cost)
+        return (self._theta, self._sizes, self._offs, self._aoff, hid, out, cost)
 
     # ------------------------------------------------------------------ training
     def SGD(
@@ -384,6 +350,7 @@ class Network:
         X, y, run_epoch = self._trainer(training_data, mini_batch_size, eta, _driver)
         test = self._data(test_data, "test_data") if test_data is not None else None
         n = X.shape[0]
+        limit = self._explosion_limit(X, y)
         history = {
             k: []
             for k in (
@@ -395,19 +362,34 @@ class Network:
                 "seconds",
             )
         }
-        with num_threads(threads):
+        with runtime.num_threads(threads):
             for epoch in range(epochs):
                 perm = self._rng.permutation(n)
-                saved = self.parameters.copy()
+                saved = self._theta.copy()
                 t0 = time.perf_counter()
                 cost_sum, correct = run_epoch(perm)
                 seconds = time.perf_counter() - t0
-                if not np.isfinite(self.parameters).all():
-                    self.parameters[...] = saved
+                what = None
+                largest = float(np.abs(self._theta).max())  # NaN if any is NaN
+                if not np.isfinite(largest):
+                    what = "parameters became NaN or infinite"
+                elif largest > 1e4 * max(1.0, float(np.abs(saved).max())):
+                    what = (
+                        f"the parameters exploded (largest magnitude {largest:.3g}, more than "
+                        "10,000 times what it was before the epoch)"
+                    )
+                elif not np.isfinite(cost_sum):
+                    what = "the training cost became NaN or infinite"
+                elif limit is not None and cost_sum / n > limit:
+                    what = (
+                        f"the training cost exploded ({cost_sum / n:.4g}, more than ten times "
+                        "the larger of the starting cost and chance level)"
+                    )
+                if what:
+                    self._theta[...] = saved
                     raise FloatingPointError(
-                        f"training diverged in epoch {epoch}: parameters became NaN or infinite "
-                        f"(eta={eta}); the parameters from before the epoch were restored. "
-                        "Try a smaller eta."
+                        f"training diverged in epoch {epoch}: {what} (eta={eta}); the "
+                        "parameters from before the epoch were restored. Try a smaller eta."
                     )
                 history["epoch"].append(epoch)
                 history["train_cost"].append(cost_sum / n)
@@ -429,6 +411,27 @@ class Network:
                         print(f"Epoch {epoch} complete  ({seconds:.3f} s)", flush=True)
         return history
 
+    def _explosion_limit(self, X, y):
+        """Mean training cost above which an epoch counts as diverged; None for the quadratic
+        cost, which is bounded.  Ten times the larger of the cost of the network on the first
+        1,000 samples before training and the cost of chance-level outputs."""
+        if self.cost_name == "quadratic":
+            return None
+        k = self._size_list[-1]
+        Xp = self._working(X[:1000], "training_data inputs", check_overflow=False)
+        out = self._forward(Xp, "training_data inputs").astype(np.float64)
+        yp = y[:1000]
+        if self.cost_name == "log_loss":
+            chance = np.log(k)
+            start = -np.log(np.maximum(out[np.arange(len(yp)), yp], 1e-300)).mean()
+        else:  # cross_entropy on sigmoid outputs
+            chance = k * np.log(2.0)
+            target = np.zeros_like(out)
+            target[np.arange(len(yp)), yp] = 1
+            p = np.where(target == 1, out, 1 - out)
+            start = -np.log(np.maximum(p, 1e-300)).sum(axis=1).mean()
+        return 10 * max(start, chance)
+
     def _trainer(self, training_data, mini_batch_size, eta, driver=None):
         """Validate once and allocate once; returns ``(X, y, run_epoch)``.
 
@@ -443,9 +446,9 @@ class Network:
             raise ValueError(f"driver must be one of {sorted(kernels.DRIVERS)}, got {driver!r}")
         X, y = self._data(training_data, "training_data", convert=False)
         m = min(m, X.shape[0])
-        name = driver or kernels.choose_driver(self.sizes, m, np.count_nonzero(X) / X.size)
+        name = driver or kernels.choose_driver(self._size_list, m, np.count_nonzero(X) / X.size)
         drv = kernels.DRIVERS[name]
-        if drv.needs_hidden and len(self.sizes) < 3:
+        if drv.needs_hidden and len(self._size_list) < 3:
             raise ValueError(f"driver {name!r} needs a network with a hidden layer")
         if drv.sparse_inputs:
             inputs = self._sparse_inputs(X, "training_data inputs")
@@ -454,14 +457,34 @@ class Network:
             inputs = (X,)
         # A team has one member per thread and per usable CPU (members wait for each other
         # spinning), and no more than get work.
-        most = min(numba.config.NUMBA_NUM_THREADS, _usable_cpus(), drv.units(self.sizes, m))
-        buffers = drv.buffers(self.sizes, m, self.dtype, most)
+        most = min(
+            numba.config.NUMBA_NUM_THREADS, runtime._usable_cpus(), drv.units(self._size_list, m)
+        )
+        buffers = drv.buffers(self._size_list, m, self.dtype, most)
         args = self._kernel_args()
+        seg = runtime._segment_samples(self.n_params, m)
 
         def run_epoch(perm):
-            return drv.epoch(
-                *args, *inputs, y, perm, m, buffers, _team_size(most), eta, self.weight_decay
-            )
+            # whole mini-batches per call, so that Ctrl-C is seen between calls (the
+            # parameters are then those after the last completed step)
+            runtime._check_not_forked()
+            team = runtime._team_size(most)
+            total, correct = 0.0, 0
+            for s0 in range(0, perm.shape[0], seg):
+                c, k = drv.epoch(
+                    *args,
+                    *inputs,
+                    y,
+                    perm[s0 : s0 + seg],
+                    m,
+                    buffers,
+                    team,
+                    eta,
+                    self.weight_decay,
+                )
+                total += c
+                correct += k
+            return total, correct
 
         run_epoch.driver = name
         return X, y, run_epoch
@@ -470,9 +493,10 @@ class Network:
         """One SGD step on one mini-batch (arrays or pairs); returns its cost before the step."""
         eta = _positive_real("eta", eta)
         X, y = self._data(mini_batch, "mini_batch")
+        runtime._check_not_forked()
         m = X.shape[0]
-        b = kernels.samples_buffers(self.sizes, m, self.dtype)
-        saved = self.parameters.copy()
+        b = kernels.samples_buffers(self._size_list, m, self.dtype)
+        saved = self._theta.copy()
         cost_sum, _ = kernels.sgd_step(
             *self._kernel_args(),
             X,
@@ -488,47 +512,47 @@ class Network:
             self.weight_decay,
             b.stats,
         )
-        if not np.isfinite(self.parameters).all():
-            self.parameters[...] = saved
+        if not (np.isfinite(self._theta).all() and np.isfinite(cost_sum)):
+            self._theta[...] = saved
             raise FloatingPointError(
-                "the update made the parameters NaN or infinite "
-                f"(eta={eta}); they were restored. Try a smaller eta."
+                "the step made the parameters or the cost NaN or infinite "
+                f"(eta={eta}); the parameters were restored. Try a smaller eta."
             )
         return cost_sum / m
 
     # ------------------------------------------------------------------ inference
-    def _forward(self, X, name="X"):
+    def _forward(self, X, name="X", original=None):
         """Output activations (a view into a fresh buffer) for a 2-D input array.
 
-        ``X`` has been through ``_inputs``; non-finite values are detected by
-        the kernel and reported here.
+        ``X`` has been through ``_inputs`` (``original``: the array before its
+        conversion to the working dtype, for the error message); non-finite
+        values in any layer are detected by the kernel and reported here.  In
+        a process forked after OpenMP ran, rows go one by one through the
+        serial kernel.
         """
         n = X.shape[0]
-        ident = np.arange(n, dtype=np.int64)
         A = np.empty((n, self._n_act), self.dtype)
-        hid, out, _ = self._codes
-        bad = kernels.forward(
-            self.parameters,
-            self._sizes,
-            self._offs,
-            self._aoff,
-            hid,
-            out,
-            X,
-            ident,
-            A,
-            _PREDICT_BLOCK,
-        )
+        if runtime.forked_after_openmp():
+            bad = 0
+            for i in range(n):
+                bad += kernels.forward_one(*self._kernel_args()[:6], X[i], A[i])
+        else:
+            ident = np.arange(n, dtype=np.int64)
+            bad = kernels.forward(*self._kernel_args()[:6], X, ident, A, _PREDICT_BLOCK)
         if bad:
-            self._raise_nonfinite(X, name)
+            self._raise_nonfinite(X, name, original)
         return A[:, self._aoff[-1] :]
 
-    def _raise_nonfinite(self, X, name):
-        self._check_finite(X, name)
-        if not np.isfinite(self.parameters).all():
+    def _raise_nonfinite(self, X, name, original=None):
+        """The clear error for a forward pass that met non-finite values."""
+        self._check_finite(X if original is None else original, name)
+        if original is not None and original.dtype != X.dtype and not np.isfinite(X).all():
+            raise ValueError(f"{name} has values too large for {self.dtype.name}")
+        if not np.isfinite(self._theta).all():
             raise ValueError("the network's parameters contain NaN or infinite values")
         raise ValueError(
-            f"{name} has values so large that the first layer overflows in {self.dtype.name}"
+            f"the forward pass overflowed in {self.dtype.name}: {name} has values too large "
+            "for this network's weights (a layer's values became infinite or NaN)"
         )
 
     def feedforward(self, a: npt.ArrayLike) -> np.ndarray:
@@ -541,40 +565,36 @@ class Network:
         if type(a) is np.ndarray and a.dtype == self.dtype and a.shape == self._one_shape:
             return self._forward_one(a)  # latency path: one sample, already in form
         a_arr = np.asarray(a) if not isinstance(a, np.ndarray) else a
-        n_in = self.sizes[0]
-        if a_arr.ndim == 1:
-            return self._forward_one(self._inputs(a_arr.reshape(1, -1), "a", False)[0])
-        if a_arr.ndim == 2 and a_arr.shape == (n_in, 1) and n_in != 1:
-            x = self._inputs(a_arr.reshape(1, -1), "a", False)[0]
-            return self._forward_one(x).reshape(-1, 1)
-        return self._forward(self._inputs(a_arr, "a", False), "a").copy()
+        n_in = self._size_list[0]
+        if a_arr.ndim == 1 or (a_arr.ndim == 2 and a_arr.shape == (n_in, 1) and n_in != 1):
+            x, _, original = self._inference_inputs(a_arr.reshape(1, -1), "a")
+            out = self._forward_one(x[0], original)
+            return out if a_arr.ndim == 1 else out.reshape(-1, 1)
+        return self._forward(*self._inference_inputs(a_arr, "a")).copy()
 
-    def _forward_one(self, x):
+    def _inference_inputs(self, X, name):
+        """``(working, name, original)``: ``X`` validated and converted to the working dtype
+        (NaN/inf left to the kernels to find), the name, and ``X`` before conversion."""
+        original = self._inputs(X, name, check_finite=False, convert=False)
+        return self._working(original, name, check_overflow=False), name, original
+
+    def _forward_one(self, x, original=None):
         a = np.empty(self._n_act, self.dtype)
-        hid, out, _ = self._codes
-        if kernels.forward_one(
-            self.parameters,
-            self._sizes,
-            self._offs,
-            self._aoff,
-            hid,
-            out,
-            x if x.flags.c_contiguous else x.copy(),
-            a,
-        ):
-            self._raise_nonfinite(x, "a")
+        x = x if x.flags.c_contiguous else x.copy()
+        if kernels.forward_one(*self._kernel_args()[:6], x, a):
+            self._raise_nonfinite(x, "a", original)
         return a[self._aoff[-1] :]
 
     def predict_proba(self, X: npt.ArrayLike) -> np.ndarray:
         """Output activations of each row of ``X`` normalised to sum to one."""
-        out = self._forward(self._inputs(X, check_finite=False)).copy()
+        out = self._forward(*self._inference_inputs(X, "X")).copy()
         if self.output != "softmax":
             out /= out.sum(axis=1, keepdims=True)
         return out
 
     def predict(self, X: npt.ArrayLike) -> np.ndarray:
         """Predicted class (index of the largest output) of each row of ``X``."""
-        return self._forward(self._inputs(X, check_finite=False)).argmax(axis=1)
+        return self._forward(*self._inference_inputs(X, "X")).argmax(axis=1)
 
     def _count_correct(self, X, y):
         return int((self._forward(X).argmax(axis=1) == y).sum())
@@ -585,21 +605,23 @@ class Network:
 
     def accuracy(self, X: npt.ArrayLike, y: npt.ArrayLike) -> float:
         """Fraction of rows of ``X`` classified as ``y``."""
-        X = self._inputs(X, check_finite=False)
-        return self._count_correct(X, self._labels(y, X.shape[0])) / X.shape[0]
+        Xw, name, original = self._inference_inputs(X, "X")
+        y = self._labels(y, Xw.shape[0])
+        return int((self._forward(Xw, name, original).argmax(axis=1) == y).sum()) / Xw.shape[0]
 
     # ------------------------------------------------------------------ cost and gradient
     def _cost_and_gradient(self, X, y):
         X = self._inputs(X)
         y = self._labels(y, X.shape[0])
+        runtime._check_not_forked()
         n = X.shape[0]
-        b = kernels.samples_buffers(self.sizes, n, self.dtype)
-        grad = np.empty_like(self.parameters)
+        b = kernels.samples_buffers(self._size_list, n, self.dtype)
+        grad = np.empty_like(self._theta)
         total = kernels.gradient(*self._kernel_args(), X, y, b.ident, b.ident, b.A, b.D, b.G, grad)
         grad /= n
         cost = total / n
         if self.weight_decay:
-            gW, _ = unpack(grad, self.sizes)
+            gW, _ = unpack(grad, self._size_list)
             for W, g in zip(self.weights, gW):
                 g += self.weight_decay * W
                 cost += 0.5 * self.weight_decay * float(np.dot(W.ravel(), W.ravel()))
@@ -617,49 +639,75 @@ class Network:
         return self._cost_and_gradient(X, y)[1]
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Save to a ``.npz`` file (no pickle).
+    def save(self, path: str | os.PathLike) -> str:
+        """Save to an ``.npz`` file (no pickle) at exactly ``path``; returns the path.
 
         Keys: ``format`` ('fastnn-network'), ``version`` (1), ``sizes`` (int64),
         ``parameters`` (the flat vector in its dtype), and the strings
         ``activation``, ``output``, ``cost``, ``init`` and the float
-        ``weight_decay``.
+        ``weight_decay``.  The write is atomic: the file is written beside
+        its final name, flushed to disk, then renamed over it, so an
+        interrupted save (a kill, a full disk) leaves any earlier file at
+        ``path`` whole.
         """
-        np.savez(
+        return write_model(
             path,
-            format=np.str_(FORMAT_NAME),
-            version=np.int64(FORMAT_VERSION),
-            sizes=np.array(self.sizes, dtype=np.int64),
-            parameters=self.parameters,
-            activation=np.str_(self.activation),
-            output=np.str_(self.output),
-            cost=np.str_(self.cost_name),
-            init=np.str_(self.init),
-            weight_decay=np.float64(self.weight_decay),
+            dict(
+                format=np.str_(FORMAT_NAME),
+                version=np.int64(FORMAT_VERSION),
+                sizes=np.array(self._size_list, dtype=np.int64),
+                parameters=self._theta,
+                activation=np.str_(self.activation),
+                output=np.str_(self.output),
+                cost=np.str_(self.cost_name),
+                init=np.str_(self.init),
+                weight_decay=np.float64(self.weight_decay),
+            ),
         )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Network:
-        """Load a network written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as f:
-            if "format" not in f.files or str(f["format"]) != FORMAT_NAME:
-                raise ValueError(f"{path} is not a fastnn network file")
-            if int(f["version"]) != FORMAT_VERSION:
-                raise ValueError(f"{path}: unsupported fastnn format version {int(f['version'])}")
-            theta = f["parameters"]
+        """Load a network written by :meth:`save`.
+
+        The file is checked whole before anything is built: a missing file
+        raises ``FileNotFoundError``; anything else that is not a complete,
+        consistent fastnn network file (truncated, corrupt, a ``.npy``, missing
+        keys, non-finite parameters, sizes that do not match the parameter
+        count) raises ``ValueError`` naming the file and the problem.
+        """
+        return cls._from_fields(path, read_model(path))
+
+    @classmethod
+    def _from_fields(cls, path, f):
+        def bad(why):
+            return ValueError(f"{path}: not a fastnn network file: {why}")
+
+        if f["format"] != FORMAT_NAME:
+            raise bad(f"format is {f['format']!r}, not {FORMAT_NAME!r}")
+        if f["version"] != FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported fastnn format version {f['version']}")
+        sizes = f["sizes"]
+        try:
+            sizes = _layer_sizes([int(s) for s in sizes])
+        except (TypeError, ValueError) as e:
+            raise bad(f"sizes: {e}") from None
+        theta = f["parameters"]
+        n = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        if theta.shape != (n,):
+            raise bad(f"the parameter vector has shape {theta.shape}, sizes {sizes} need ({n},)")
+        if not np.isfinite(theta).all():
+            raise bad("the parameters contain NaN or infinite values")
+        try:
             net = cls(
-                [int(s) for s in f["sizes"]],
-                activation=str(f["activation"]),
-                output=str(f["output"]),
-                cost=str(f["cost"]),
-                weight_decay=float(f["weight_decay"]),
-                init=str(f["init"]),
+                sizes,
+                activation=f["activation"],
+                output=f["output"],
+                cost=f["cost"],
+                weight_decay=f["weight_decay"],
+                init=f["init"],
                 dtype=theta.dtype,
             )
-            if theta.shape != net.parameters.shape:
-                raise ValueError(
-                    f"{path}: parameter vector has {theta.size} values, "
-                    f"sizes {net.sizes} need {net.n_params}"
-                )
-            net.parameters[...] = theta
+        except (TypeError, ValueError) as e:
+            raise bad(str(e)) from None
+        net._theta[...] = theta
         return net

@@ -6,7 +6,7 @@ import numba
 import numpy as np
 import pytest
 
-from fastnn import Network, kernels, network, reference
+from fastnn import Network, kernels, reference, runtime
 from fastnn.kernels import split
 from helpers import COMBOS, make_data
 
@@ -115,7 +115,7 @@ def test_neuron_split_team_trains_alone_when_its_members_run_one_after_another(
     X, y = make_data(300, sizes[0], sizes[-1], dtype=np.float32)
     results = []
     for team in (1, 2):
-        monkeypatch.setattr(network, "_team_size", lambda most, team=team: team)
+        monkeypatch.setattr(runtime, "_team_size", lambda most, team=team: team)
         net = Network(sizes, seed=2)
         net.SGD((X, y), 2, m, 0.5, quiet=True, threads=1, _driver="split")
         results.append(net.parameters.copy())
@@ -154,7 +154,7 @@ def test_hybrid_team_trains_alone_when_its_members_run_one_after_another(monkeyp
     X, y = make_data(300, 30, 5, dtype=np.float32)
     results = []
     for team in (1, 2):
-        monkeypatch.setattr(network, "_team_size", lambda most, team=team: team)
+        monkeypatch.setattr(runtime, "_team_size", lambda most, team=team: team)
         net = Network([30, 48, 5], seed=2)
         net.SGD((X, y), 2, 10, 0.5, quiet=True, threads=1, _driver="hybrid")
         results.append(net.parameters.copy())

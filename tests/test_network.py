@@ -144,7 +144,7 @@ X_OK, Y_OK = make_data(20, 5, 3)
 
 @pytest.mark.parametrize("sizes", [[5], [], [5, 0, 3], "784,10", None, [5, -2]])
 def test_bad_sizes(sizes):
-    with pytest.raises(ValueError, match="sizes"):
+    with pytest.raises((TypeError, ValueError), match="sizes"):
         Network(sizes)
 
 
@@ -249,7 +249,7 @@ def test_inference_rejects_non_finite_input_on_every_path(bad):
 
 def test_inference_reports_overflow_and_bad_parameters():
     net = Network([5, 4, 3], seed=0, dtype=np.float32)
-    with pytest.raises(ValueError, match="overflows"):
+    with pytest.raises(ValueError, match="overflow"):
         net.predict(np.full((2, 5), 3e38, dtype=np.float32))
     net.parameters[3] = np.nan
     with pytest.raises(ValueError, match="parameters contain NaN"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from fastnn import Network, kernels, network, reference
+from fastnn import Network, kernels, reference, runtime
 from helpers import COMBOS, make_data
 
 
@@ -106,7 +106,7 @@ def test_sparse_team_trains_alone_when_its_members_run_one_after_another(monkeyp
     X, y = make_data(300, 30, 5, dtype=np.float32, density=0.2)
     results = []
     for team in (1, 2):
-        monkeypatch.setattr(network, "_team_size", lambda most, team=team: team)
+        monkeypatch.setattr(runtime, "_team_size", lambda most, team=team: team)
         net = Network([30, 16, 5], seed=2)
         net.SGD((X, y), 2, 10, 0.5, quiet=True, threads=1, _driver="sparse")
         results.append(net.parameters.copy())
