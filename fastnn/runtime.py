@@ -11,16 +11,18 @@
 """
 
 import contextlib
+import math
 import numbers
 import os
+import threading
 
 import numba
 
 #: Work per call of an epoch driver, in floating-point operations (about 6 per parameter
-#: and sample).  An epoch runs as calls of whole mini-batches of about this much work, so
-#: that Ctrl-C (KeyboardInterrupt) is seen within a few tens of milliseconds; results do
-#: not depend on it.
-SEGMENT_FLOPS = 4e9
+#: and sample).  An epoch runs as calls of whole mini-batches of about this much work (a
+#: few milliseconds), so that Ctrl-C (KeyboardInterrupt) is seen promptly and the thread
+#: count can follow the load (ThreadTuner); results do not depend on it.
+SEGMENT_FLOPS = 1e9
 
 
 def _segment_samples(n_params, m):
@@ -53,9 +55,9 @@ def _check_not_forked():
         raise RuntimeError(
             "fastnn cannot train in a process forked from one that already ran fastnn's "
             "parallel kernels (the GNU OpenMP runtime aborts such a child). Start worker "
-            "processes with the 'spawn' or 'forkserver' method (multiprocessing.get_context"
-            "('spawn')), or train before nothing else has in the parent. Inference still works "
-            "here, serially."
+            "processes with the 'spawn' or 'forkserver' method "
+            "(multiprocessing.get_context('spawn')), or fork them before the parent trains. "
+            "Inference still works here, serially."
         )
 
 
@@ -65,11 +67,58 @@ def _team_size(most):
 
 
 def _usable_cpus():
-    """CPUs this process may run on (the affinity mask where the OS has one)."""
+    """CPUs this process may really use: its affinity mask (where the OS has one), capped
+    by a cgroup CPU quota (containers: ``docker --cpus``, Kubernetes CPU limits)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    return max(1, min(cpus, quota)) if quota else cpus
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def cgroup_cpu_limit(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
+    """CPUs allowed by this process's cgroup CPU quota, rounded up; None without a quota.
+
+    cgroup v2: ``cpu.max`` (``"150000 100000"``: 1.5 CPUs; ``"max 100000"``: no
+    quota) in the process's group and each parent up to ``root``, the smallest
+    counting.  cgroup v1: ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (quota -1:
+    none) under ``root/cpu,cpuacct`` or ``root/cpu``.
+    """
+    limits = []
+    groups = [""]
+    for line in (_read(proc_cgroup) or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and parts[2].startswith("/"):
+            groups.append(parts[2].rstrip("/"))
+    for group in groups:  # v2: this group and its parents
+        path = group
+        while True:
+            text = _read(os.path.join(root + path, "cpu.max"))
+            if text:
+                quota, _, period = text.partition(" ")
+                if quota != "max" and period:
+                    limits.append(int(quota) / int(period))
+            if not path:
+                break
+            path = os.path.dirname(path) if path != "/" else ""
+            path = "" if path == "/" else path
+    for sub in ("cpu,cpuacct", "cpu"):  # v1
+        quota = _read(os.path.join(root, sub, "cpu.cfs_quota_us"))
+        period = _read(os.path.join(root, sub, "cpu.cfs_period_us"))
+        if quota and period and int(quota) > 0 and int(period) > 0:
+            limits.append(int(quota) / int(period))
+    if not limits:
+        return None
+    return max(1, math.ceil(min(limits) - 1e-9))
 
 
 @contextlib.contextmanager
@@ -96,3 +145,101 @@ def num_threads(threads):
 def forked_after_openmp():
     """Whether this process was forked after its parent ran OpenMP parallel regions."""
     return _FORKED_AFTER_OPENMP
+
+
+class ThreadTuner:
+    """Chooses the thread count of each driver call: all threads, or one.
+
+    Beside other busy processes, a team whose member the OS has descheduled
+    makes every other member wait; then one thread is faster than all.  The
+    tuner times every call (seconds per sample: a moving average for the
+    current choice, the latest trial for the other), runs the faster choice,
+    and now and then tries the other on a quarter-sized call: after 8 calls,
+    then at doubling intervals up to 128 while the choice holds, from 8 again
+    when it flips.  Trained weights are
+    bit-identical whatever the thread count, so this changes speed only.
+    """
+
+    FIRST, LONGEST, WEIGHT = 8, 128, 0.3
+
+    def __init__(self, threads):
+        self.options = (threads, 1) if threads > 1 else (threads,)
+        self.rate = {}  # threads -> seconds per sample (moving average)
+        self.current = threads
+        self.interval = self.FIRST
+        self.countdown = self.FIRST
+        self.calls = 0
+
+    def choose(self):
+        """``(threads, share)``: the thread count for the next call and the share of a
+        normal call's samples to give it (1, or 0.25 when trying the other choice)."""
+        if len(self.options) == 1:
+            return self.current, 1.0
+        if self.calls < 2:  # the first call may compile or load the kernels: not timed
+            return self.options[0], 1.0
+        if self.options[1] not in self.rate:
+            return self.options[1], 1.0
+        self.countdown -= 1
+        if self.countdown <= 0:
+            other = self.options[1] if self.current == self.options[0] else self.options[0]
+            return other, 0.25
+        return self.current, 1.0
+
+    def record(self, threads, seconds, samples):
+        """Time of a call of ``samples`` samples run with ``threads`` threads."""
+        self.calls += 1
+        if self.calls == 1 or samples == 0:
+            return
+        r = seconds / samples
+        old = self.rate.get(threads)
+        if old is None or threads != self.current:  # a trial: the old figure is stale
+            self.rate[threads] = r
+        else:
+            self.rate[threads] = (1 - self.WEIGHT) * old + self.WEIGHT * r
+        if len(self.rate) < len(self.options):
+            return
+        best = min(self.options, key=self.rate.get)
+        if threads != self.current and self.countdown <= 0:  # a trial of the other choice
+            self.interval = (
+                self.FIRST if best != self.current else min(2 * self.interval, self.LONGEST)
+            )
+            self.countdown = self.interval
+        if best != self.current:
+            self.current = best
+            self.interval = self.countdown = self.FIRST
+
+
+_TUNERS = {}
+
+
+def tuner_for(key):
+    """The process's :class:`ThreadTuner` for one kind of driver call (``key``: driver,
+    sizes, batch, dtype, thread count); load is a property of the machine, so what one
+    ``SGD`` call learned serves the next."""
+    tuner = _TUNERS.get(key)
+    if tuner is None:
+        tuner = _TUNERS[key] = ThreadTuner(key[-1])
+    return tuner
+
+
+_SERIAL = threading.Lock()
+
+
+@contextlib.contextmanager
+def parallel_section():
+    """Enclose a call of a parallel kernel.
+
+    Numba's ``workqueue`` threading layer aborts the process when two Python
+    threads run parallel regions at once; under it (or before the first
+    parallel region has chosen a layer) calls take turns.  Under the OpenMP
+    and TBB layers this costs nothing and threads overlap.
+    """
+    try:
+        serial = numba.threading_layer() == "workqueue"
+    except ValueError:  # no parallel region has run yet: the layer is not chosen
+        serial = True
+    if not serial:
+        yield
+        return
+    with _SERIAL:
+        yield

@@ -1,0 +1,138 @@
+"""The runtime: the CPUs a process may use, the thread tuner, Python threads."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fastnn
+from fastnn import runtime
+
+
+def _cgroup(tmp_path, files, proc="0::/\n"):
+    tmp_path = tmp_path / str(len(list(tmp_path.iterdir())))  # a fresh tree for each call
+    for rel, text in files.items():
+        p = tmp_path / "cg" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "self-cgroup").write_text(proc)
+    return dict(root=str(tmp_path / "cg"), proc_cgroup=str(tmp_path / "self-cgroup"))
+
+
+def test_cgroup_v2_quota_of_the_group_and_its_parents(tmp_path):
+    assert runtime.cgroup_cpu_limit(**_cgroup(tmp_path, {"cpu.max": "150000 100000\n"})) == 2
+    assert runtime.cgroup_cpu_limit(**_cgroup(tmp_path, {"cpu.max": "max 100000\n"})) is None
+    files = {
+        "cpu.max": "max 100000",
+        "kube/pod/cpu.max": "max 100000",
+        "kube/cpu.max": "50000 100000",
+    }  # the parent's quota binds the pod
+    assert runtime.cgroup_cpu_limit(**_cgroup(tmp_path, files, "0::/kube/pod\n")) == 1
+
+
+def test_cgroup_v1_quota(tmp_path):
+    v1 = {"cpu,cpuacct/cpu.cfs_quota_us": "300000", "cpu,cpuacct/cpu.cfs_period_us": "100000"}
+    assert runtime.cgroup_cpu_limit(**_cgroup(tmp_path, v1, "2:cpu,cpuacct:/\n")) == 3
+    none = {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}
+    assert runtime.cgroup_cpu_limit(**_cgroup(tmp_path, none, "1:cpu:/\n")) is None
+
+
+def test_no_cgroup_files_means_no_quota(tmp_path):
+    assert (
+        runtime.cgroup_cpu_limit(root=str(tmp_path / "none"), proc_cgroup=str(tmp_path / "none"))
+        is None
+    )
+
+
+def test_usable_cpus_are_capped_by_the_quota(monkeypatch):
+    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: 1)
+    assert runtime._usable_cpus() == 1
+    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: None)
+    assert runtime._usable_cpus() >= 1
+
+
+def _drive(tuner, seconds_per_sample, calls):
+    """Run ``calls`` calls of 100 samples; ``seconds_per_sample(threads)`` is the machine."""
+    chosen = []
+    for _ in range(calls):
+        t, share = tuner.choose()
+        n = int(100 * share)
+        tuner.record(t, seconds_per_sample(t) * n, n)
+        chosen.append((t, share))
+    return chosen
+
+
+def test_tuner_keeps_all_threads_on_an_idle_machine_and_seldom_tries_one():
+    tuner = runtime.ThreadTuner(2)
+    chosen = _drive(tuner, {2: 1.0, 1: 1.6}.get, 300)
+    assert tuner.current == 2
+    trials = [i for i, (t, share) in enumerate(chosen) if t == 1]
+    assert trials[0] == 2 and chosen[2] == (1, 1.0)  # measured once, early, in full
+    assert all(chosen[i][1] == 0.25 for i in trials[1:])  # then on quarter calls
+    assert len(trials) <= 7  # 8, 16, 32, 64, 128 calls apart
+
+
+def test_tuner_moves_to_one_thread_when_a_busy_process_slows_the_team():
+    tuner = runtime.ThreadTuner(2)
+    machine = {2: 1.0, 1: 1.6}
+    _drive(tuner, machine.get, 50)
+    machine.update({2: 5.4, 1: 1.9})  # a busy process appears: the team waits
+    chosen = _drive(tuner, machine.get, 200)
+    assert tuner.current == 1
+    slow = sum(machine[t] * share for t, share in chosen)
+    best = sum(machine[1] * share for _, share in chosen)
+    assert slow / best < 1.15  # within 15% of always running one thread
+    machine.update({2: 1.0, 1: 1.6})  # and back when it stops
+    _drive(tuner, machine.get, 300)
+    assert tuner.current == 2
+
+
+def test_tuner_with_one_thread_never_tries_anything():
+    tuner = runtime.ThreadTuner(1)
+    assert {c for c in _drive(tuner, lambda t: 1.0, 20)} == {(1, 1.0)}
+
+
+THREADS_SCRIPT = r"""
+import threading, numpy as np, fastnn
+rng = np.random.default_rng(0)
+X = rng.random((3000, 50)).astype(np.float32)
+y = rng.integers(0, 10, 3000)
+
+def train(seed, out):
+    net = fastnn.Network([50, 24, 10], seed=seed)
+    net.SGD((X, y), 2, 10, 0.5, quiet=True)
+    out[seed] = (net.parameters.copy(), net.predict(X[:50]))
+
+solo, both = {}, {}
+for seed in (1, 2):
+    train(seed, solo)
+workers = [threading.Thread(target=train, args=(seed, both)) for seed in (1, 2)]
+for w in workers:
+    w.start()
+for w in workers:
+    w.join()
+same = all(np.array_equal(solo[s][0], both[s][0]) and np.array_equal(solo[s][1], both[s][1])
+           for s in (1, 2))
+import numba
+print(numba.threading_layer(), same)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer", ["default", "workqueue"])
+def test_two_python_threads_train_at_once_as_they_would_alone(layer):
+    # the workqueue layer aborts the process when two threads run parallel regions at
+    # once: fastnn makes them take turns there; elsewhere they overlap
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fastnn.__file__)))
+    if layer != "default":
+        env["NUMBA_THREADING_LAYER"] = layer
+    r = subprocess.run(
+        [sys.executable, "-c", THREADS_SCRIPT], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    got_layer, same = r.stdout.split()
+    assert same == "True"
+    if layer != "default":
+        assert got_layer == layer
