@@ -19,6 +19,7 @@ Peers that are not importable are skipped with the reason.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -343,17 +344,24 @@ def _result(workload, contender, batch, run, times, flops):
 
 
 def compile_times(timeout=900):
-    """JIT time of the first training call in a fresh process: cold (empty cache) and warm.
+    """Cold start in a fresh process: cold (empty kernel cache) and warm.
 
-    Each child trains a tiny network once per dtype and reports the time of its
-    first ``SGD`` call; the cache folder is a new temporary one.
+    Each child times, from its first line, ``import fastnn``, the first
+    ``SGD`` epoch of the default 784-16-16-10 network (on 2,000 synthetic
+    images as sparse as MNIST, so the sparse-input driver compiles as it
+    does for MNIST) and a first ``predict``; the cache folder is a new
+    temporary one.
     """
     code = (
-        "import time, numpy as np, fastnn\n"
-        "X = np.random.default_rng(0).random((64, 784), dtype=np.float32)\n"
-        "y = np.arange(64) % 10\n"
+        "import time\n"
         "t = time.perf_counter()\n"
-        "fastnn.Network([784, 16, 10]).SGD((X, y), 1, 10, 1.0, quiet=True)\n"
+        "import numpy as np, fastnn\n"
+        "rng = np.random.default_rng(0)\n"
+        "X = (rng.random((2000, 784)) < 0.19).astype(np.uint8) * 200\n"
+        "y = np.arange(2000) % 10\n"
+        "net = fastnn.Network([784, 16, 16, 10], seed=0)\n"
+        "net.SGD((X, y), 1, 10, 3.0, quiet=True)\n"
+        "net.predict(X[:10])\n"
         "print(time.perf_counter() - t)\n"
     )
     out = {}
@@ -368,9 +376,56 @@ def compile_times(timeout=900):
                 timeout=timeout,
             )
             if r.returncode != 0:
-                raise RuntimeError(f"compile-time child failed: {r.stderr[-2000:]}")
+                raise RuntimeError(f"cold-start child failed: {r.stderr[-2000:]}")
             out[label + "_s"] = float(r.stdout.strip().splitlines()[-1])
     return out
+
+
+SGD_CALL_EPOCHS = 10
+
+
+def sgd_call_runs(w, data):
+    """W1 as a user runs it: ``SGD`` calls on uint8 pixels, preparation included.
+
+    One call of 10 epochs; 10 calls of one epoch (each validates and converts
+    the data again); 10 calls of one epoch on data prepared once
+    (``Network.prepare``, timed).  Times are per epoch.
+    """
+    X = np.round(data.X * 255).astype(np.uint8)  # as load_mnist(dtype=np.uint8) gives them
+    y = data.y
+    k = SGD_CALL_EPOCHS
+
+    def fit(kind):
+        def fn():
+            net = _network(w)
+            if kind == "one call":
+                net.SGD((X, y), k, w["batch"], w["eta"], quiet=True)
+                return
+            training = net.prepare((X, y)) if kind == "prepared" else (X, y)
+            for _ in range(k):
+                net.SGD(training, 1, w["batch"], w["eta"], quiet=True)
+
+        return Run(fn, len(X) * k, 1.0 / k, note=f"{kind}, uint8 pixels", threads="all")
+
+    return {
+        "sgd-1x10": fit("one call"),
+        "sgd-10x1": fit("ten calls"),
+        "sgd-10x1-prep": fit("prepared"),
+    }
+
+
+@contextlib.contextmanager
+def busy_processes(k):
+    """``k`` processes spinning on the CPU (``while True: pass``) for the enclosed code."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(k)]
+    try:
+        time.sleep(0.5)  # let them start spinning
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
 
 
 def cold_start(data_dir=None, timeout=600):
@@ -444,6 +499,22 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
                     continue  # the 'all cores' run is the main one above
                 run = fastnn_contender(np.float32)(w, data, threads)
                 record(wname + "-threads", "fastnn-f32", w["batch"], run, flops)
+
+    if (not workloads or "W1" in workloads) and (not contenders or "fastnn-f32" in contenders):
+        # whole SGD calls, data preparation included: what a pipeline sees
+        w = WORKLOADS["W1"]
+        flops = train_flops(w["sizes"], len(data.X), w["batch"]) * SGD_CALL_EPOCHS
+        for cname, run in sgd_call_runs(w, data).items():
+            record("W1-calls", cname, w["batch"], run, flops)
+
+        # W1 beside a busy process: default threads against one thread, under the same load
+        w = WORKLOADS["W1"]
+        flops = train_flops(w["sizes"], len(data.X), w["batch"])
+        with busy_processes(1):
+            for threads in (None, 1):
+                run = fastnn_contender(np.float32)(w, data, threads)
+                run.note = "beside 1 busy process" + (f"; {run.note}" if run.note else "")
+                record("W1-busy1", "fastnn-f32", w["batch"], run, flops)
 
     if not workloads or "W1" in workloads:  # batch sweep of W1
         w1 = WORKLOADS["W1"]

@@ -31,7 +31,7 @@ def format_table(report):
     if report.get("compile"):
         c = report["compile"]
         lines.append(
-            f"JIT compile of the first training call: cold {c['cold_s']:.1f} s, "
+            f"cold start (import, first epoch, first predict): empty cache {c['cold_s']:.1f} s, "
             f"warm cache {c['warm_s']:.2f} s"
         )
     if report.get("cold_start"):
@@ -50,7 +50,10 @@ _LABELS = {
     "pytorch": "PyTorch eager",
     "jax": "JAX `jit` + `lax.scan`",
 }
-_W4_LABELS = {
+_ROW_LABELS = {
+    ("W1-calls", "sgd-1x10"): "`SGD`, one call of 10 epochs (per epoch)",
+    ("W1-calls", "sgd-10x1"): "`SGD`, 10 calls of one epoch (per epoch)",
+    ("W1-calls", "sgd-10x1-prep"): "`SGD` on `prepare`d data, 10 calls (per epoch)",
     ("W4-batch", "fastnn-f32"): "fastnn, 10,000 images in one call",
     ("W4-batch", "reference"): "reference, one BLAS product per layer",
     ("W4-single", "fastnn-f32"): "fastnn, one image per call",
@@ -60,12 +63,14 @@ _W4_LABELS = {
 
 def _label(r, cores):
     """A row's contender as the README names it."""
-    if r["workload"].startswith("W4"):
-        return _W4_LABELS.get((r["workload"], r["contender"]), r["contender"])
+    if (r["workload"], r["contender"]) in _ROW_LABELS:
+        return _ROW_LABELS.get((r["workload"], r["contender"]), r["contender"])
     threads = r["threads"]
     if r["contender"].startswith("fastnn"):
-        n = cores if threads == "all" else threads
-        return f"{_LABELS.get(r['contender'], 'fastnn f32')}, {n} thread{'s' * (n != 1)}"
+        name = _LABELS.get(r["contender"], "fastnn f32")
+        if threads == "all":  # the default: up to all threads, as the tuner finds faster
+            return f"{name}, default threads (up to {cores})"
+        return f"{name}, {threads} thread{'s' * (threads != 1)}"
     if r["contender"] == "per-sample":
         share = r["note"].split("timed on ")[-1].split(" of")[0] if "timed on" in r["note"] else ""
         return _LABELS["per-sample"] + (f" ({share} timed, scaled)" if share else "")
@@ -88,7 +93,7 @@ def format_markdown(report):
         "| workload | contender | median s / epoch | vs reference | GFLOP/s | note |",
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
-    order = ["W1", "W2", "W3", "W4-batch", "W4-single"]
+    order = ["W1", "W1-calls", "W1-busy1", "W2", "W3", "W4-batch", "W4-single"]
     rows = [r for r in res if r["workload"].split("-threads")[0] in order]
     rows.sort(
         key=lambda r: (
@@ -99,7 +104,7 @@ def format_markdown(report):
     )
     for r in rows:
         sp = f"{r['speedup']:.2f}x" if r["speedup"] else ""
-        note = r["note"] if r["contender"].startswith("fastnn") else ""
+        note = r["note"] if r["contender"].startswith(("fastnn", "sgd")) else ""
         lines.append(
             f"| {r['workload'].split('-threads')[0]} | {_label(r, cores)} | "
             f"{r['median_s']:.4g} | {sp} | {r['gflops']:.1f} | {note} |"
@@ -145,8 +150,10 @@ def format_markdown(report):
         c = report["compile"]
         lines += [
             "",
-            f"First training call in a fresh process (JIT): {c['cold_s']:.1f} s with "
-            f"an empty cache, {c['warm_s']:.2f} s with a warm one.",
+            "Cold start (a fresh process: `import fastnn`, the first SGD epoch of the "
+            "default 784-16-16-10 network on 2,000 sparse images, a first `predict`): "
+            f"{c['cold_s']:.1f} s with an empty kernel cache, {c['warm_s']:.2f} s with a "
+            "warm one.",
         ]
     if report.get("cold_start"):
         lines.append(

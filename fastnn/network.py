@@ -310,6 +310,20 @@ class Network:
         X = self._inputs(X, name + " inputs", convert=convert)
         return X, self._labels(y, X.shape[0], name + " labels")
 
+    def prepare(self, training_data: Data) -> PreparedData:
+        """Validate and convert ``training_data`` once, for many ``SGD`` calls.
+
+        ``SGD`` validates its data, checks it for NaN/inf and builds the form
+        its driver trains on (the CSR form of sparse inputs, or a contiguous
+        array of the working dtype) on every call.  A pipeline that calls it
+        once per epoch or per block can prepare the data once and pass the
+        returned object as ``training_data`` instead: the checks and the
+        conversion are then done at most once.  The object keeps the arrays it
+        was given: modify them after preparing and the prepared forms are
+        stale.  It serves networks with the same input size and dtype.
+        """
+        return PreparedData(self, training_data)
+
     def _kernel_args(self):
         hid, out, cost = self._codes
         return (self._theta, self._sizes, self._offs, self._aoff, hid, out, cost)
@@ -317,7 +331,7 @@ class Network:
     # ------------------------------------------------------------------ training
     def SGD(
         self,
-        training_data: Data,
+        training_data: Data | PreparedData,
         epochs: int,
         mini_batch_size: int,
         eta: float,
@@ -338,7 +352,10 @@ class Network:
 
         Prints ``Epoch e: correct / total`` per epoch when ``test_data`` is
         given (or ``Epoch e complete``), unless ``quiet``.  ``threads`` sets
-        Numba's thread count for the call; results do not depend on it.
+        Numba's thread count for the call; results do not depend on it.  By
+        default (None) the thread count follows the load: beside busy
+        processes, parts of an epoch run on one thread when that is faster
+        (:class:`fastnn.runtime.ThreadTuner`).
 
         Returns a dict of per-epoch lists: ``epoch``, ``train_cost`` (mean
         cost of the samples, each measured on its mini-batch just before that
@@ -367,7 +384,7 @@ class Network:
                 perm = self._rng.permutation(n)
                 saved = self._theta.copy()
                 t0 = time.perf_counter()
-                cost_sum, correct = run_epoch(perm)
+                cost_sum, correct = run_epoch(perm, tune=threads is None)
                 seconds = time.perf_counter() - t0
                 what = None
                 largest = float(np.abs(self._theta).max())  # NaN if any is NaN
@@ -444,16 +461,21 @@ class Network:
         eta = _positive_real("eta", eta)
         if driver is not None and driver not in kernels.DRIVERS:
             raise ValueError(f"driver must be one of {sorted(kernels.DRIVERS)}, got {driver!r}")
-        X, y = self._data(training_data, "training_data", convert=False)
+        if isinstance(training_data, PreparedData):
+            prep = training_data
+            prep.check_fits(self)
+        else:
+            prep = PreparedData(self, training_data)
+        X, y = prep.X, prep.y
         m = min(m, X.shape[0])
-        name = driver or kernels.choose_driver(self._size_list, m, np.count_nonzero(X) / X.size)
+        name = driver or kernels.choose_driver(self._size_list, m, prep.density())
         drv = kernels.DRIVERS[name]
         if drv.needs_hidden and len(self._size_list) < 3:
             raise ValueError(f"driver {name!r} needs a network with a hidden layer")
         if drv.sparse_inputs:
-            inputs = self._sparse_inputs(X, "training_data inputs")
+            inputs = prep.csr(self)
         else:
-            X = self._working(X, "training_data inputs")
+            X = prep.dense(self)
             inputs = (X,)
         # A team has one member per thread and per usable CPU (members wait for each other
         # spinning), and no more than get work.
@@ -464,26 +486,37 @@ class Network:
         args = self._kernel_args()
         seg = runtime._segment_samples(self.n_params, m)
 
-        def run_epoch(perm):
-            # whole mini-batches per call, so that Ctrl-C is seen between calls (the
-            # parameters are then those after the last completed step)
+        def run_epoch(perm, tune=True):
+            # Whole mini-batches per call, so that Ctrl-C is seen between calls (the
+            # parameters are then those after the last completed step).  With ``tune`` the
+            # thread count of each call follows the tuner (one thread beside busy processes).
             runtime._check_not_forked()
-            team = runtime._team_size(most)
+            threads = numba.get_num_threads()
+            tuner = runtime.tuner_for((name, tuple(self._size_list), m, self.dtype.str, threads))
+            tuner = tuner if tune else None
             total, correct = 0.0, 0
-            for s0 in range(0, perm.shape[0], seg):
-                c, k = drv.epoch(
-                    *args,
-                    *inputs,
-                    y,
-                    perm[s0 : s0 + seg],
-                    m,
-                    buffers,
-                    team,
-                    eta,
-                    self.weight_decay,
-                )
+            s0 = 0
+            while s0 < perm.shape[0]:
+                t, share = tuner.choose() if tuner else (threads, 1.0)
+                s1 = min(s0 + max(m, int(seg * share) // m * m), perm.shape[0])
+                with runtime.num_threads(t if t != threads else None), runtime.parallel_section():
+                    started = time.perf_counter()
+                    c, k = drv.epoch(
+                        *args,
+                        *inputs,
+                        y,
+                        perm[s0:s1],
+                        m,
+                        buffers,
+                        runtime._team_size(most),
+                        eta,
+                        self.weight_decay,
+                    )
+                    if tuner:
+                        tuner.record(t, time.perf_counter() - started, s1 - s0)
                 total += c
                 correct += k
+                s0 = s1
             return total, correct
 
         run_epoch.driver = name
@@ -497,21 +530,22 @@ class Network:
         m = X.shape[0]
         b = kernels.samples_buffers(self._size_list, m, self.dtype)
         saved = self._theta.copy()
-        cost_sum, _ = kernels.sgd_step(
-            *self._kernel_args(),
-            X,
-            y,
-            b.ident,
-            b.ident,
-            b.A,
-            b.D,
-            b.G,
-            b.blocks,
-            self.n_params >= kernels.PARALLEL_UPDATE_MIN,
-            eta,
-            self.weight_decay,
-            b.stats,
-        )
+        with runtime.parallel_section():
+            cost_sum, _ = kernels.sgd_step(
+                *self._kernel_args(),
+                X,
+                y,
+                b.ident,
+                b.ident,
+                b.A,
+                b.D,
+                b.G,
+                b.blocks,
+                self.n_params >= kernels.PARALLEL_UPDATE_MIN,
+                eta,
+                self.weight_decay,
+                b.stats,
+            )
         if not (np.isfinite(self._theta).all() and np.isfinite(cost_sum)):
             self._theta[...] = saved
             raise FloatingPointError(
@@ -538,7 +572,8 @@ class Network:
                 bad += kernels.forward_one(*self._kernel_args()[:6], X[i], A[i])
         else:
             ident = np.arange(n, dtype=np.int64)
-            bad = kernels.forward(*self._kernel_args()[:6], X, ident, A, _PREDICT_BLOCK)
+            with runtime.parallel_section():
+                bad = kernels.forward(*self._kernel_args()[:6], X, ident, A, _PREDICT_BLOCK)
         if bad:
             self._raise_nonfinite(X, name, original)
         return A[:, self._aoff[-1] :]
@@ -617,7 +652,10 @@ class Network:
         n = X.shape[0]
         b = kernels.samples_buffers(self._size_list, n, self.dtype)
         grad = np.empty_like(self._theta)
-        total = kernels.gradient(*self._kernel_args(), X, y, b.ident, b.ident, b.A, b.D, b.G, grad)
+        with runtime.parallel_section():
+            total = kernels.gradient(
+                *self._kernel_args(), X, y, b.ident, b.ident, b.A, b.D, b.G, grad
+            )
         grad /= n
         cost = total / n
         if self.weight_decay:
@@ -711,3 +749,44 @@ class Network:
             raise bad(str(e)) from None
         net._theta[...] = theta
         return net
+
+
+class PreparedData:
+    """Training data validated once, with the forms the drivers train on made once each.
+
+    Made by :meth:`Network.prepare`; pass it to ``SGD`` as ``training_data``.
+    ``X`` is the validated input array (not converted), ``y`` the int64 labels.
+    """
+
+    def __init__(self, net, training_data):
+        self.X, self.y = net._data(training_data, "training_data", convert=False)
+        self.n_in, self.dtype = net._size_list[0], net.dtype
+        self._density = self._csr = self._dense = None
+
+    def check_fits(self, net):
+        if (net._size_list[0], net.dtype) != (self.n_in, self.dtype):
+            raise ValueError(
+                f"these prepared data are for {self.n_in} inputs in {self.dtype.name}; the "
+                f"network takes {net._size_list[0]} in {net.dtype.name}: prepare them with it"
+            )
+
+    def __len__(self):
+        return self.X.shape[0]
+
+    def density(self):
+        """The fraction of non-zero inputs."""
+        if self._density is None:
+            self._density = np.count_nonzero(self.X) / self.X.size
+        return self._density
+
+    def csr(self, net):
+        """The CSR form ``(indptr, indices, values)`` in the working dtype."""
+        if self._csr is None:
+            self._csr = net._sparse_inputs(self.X, "training_data inputs")
+        return self._csr
+
+    def dense(self, net):
+        """The inputs as a C-contiguous array of the working dtype."""
+        if self._dense is None:
+            self._dense = net._working(self.X, "training_data inputs")
+        return self._dense

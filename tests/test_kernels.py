@@ -260,3 +260,38 @@ def test_parameters_start_on_a_cache_line_and_stay_one_vector(dtype):
     assert net.parameters.dtype == dtype and net.parameters.flags.c_contiguous
     net.weights[0][3, 5] = 42.0
     assert net.parameters[3 * 784 + 5] == 42.0
+
+
+@pytest.mark.parametrize("driver", sorted(kernels.DRIVERS))
+def test_an_epoch_cut_into_driver_calls_gives_the_same_weights(driver, monkeypatch):
+    # SGD runs an epoch as calls of whole mini-batches (so that Ctrl-C is seen between
+    # them); where it cuts must not change the weights, for any driver
+    X, y = make_data(203, 30, 5, dtype=np.float32, density=0.3)
+    results = []
+    n_params = 30 * 40 + 40 + 40 * 7 + 7 + 7 * 5 + 5
+    for flops in (1e18, 1.0, 6.0 * n_params * 30):  # one call; a batch a call; three
+        monkeypatch.setattr(runtime, "SEGMENT_FLOPS", flops)
+        net = Network([30, 40, 7, 5], seed=3, weight_decay=1e-3)
+        h = net.SGD((X, y), 2, 10, 0.5, quiet=True, _driver=driver)
+        results.append((net.parameters.copy(), h["train_accuracy"]))
+    for params, acc in results[1:]:
+        assert np.array_equal(params, results[0][0]) and acc == results[0][1]
+
+
+@pytest.mark.parametrize("driver", sorted(kernels.DRIVERS))
+def test_thread_count_changing_between_driver_calls_gives_the_same_weights(driver, monkeypatch):
+    # the tuner may run any call of an epoch on all threads or on one, on a whole or a
+    # quarter-sized call: weights must equal those of threads=1 whatever it chooses
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs at least 2 threads")
+    X, y = make_data(403, 30, 5, dtype=np.float32, density=0.3)
+    choices = iter(np.random.default_rng(0).integers(0, 4, 10**4).tolist())
+    options = [(2, 1.0), (1, 1.0), (2, 0.25), (1, 0.25)]
+    monkeypatch.setattr(runtime, "SEGMENT_FLOPS", 6.0 * 1567 * 40)  # 1567 parameters: 4 batches
+    monkeypatch.setattr(runtime.ThreadTuner, "choose", lambda self: options[next(choices)])
+    results = []
+    for threads in (None, 1):
+        net = Network([30, 40, 7, 5], seed=3, weight_decay=1e-3)
+        net.SGD((X, y), 2, 10, 0.5, quiet=True, threads=threads, _driver=driver)
+        results.append(net.parameters.copy())
+    assert np.array_equal(results[0], results[1])

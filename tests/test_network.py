@@ -263,3 +263,24 @@ def test_single_sample_latency_path_matches_batch():
     for i in range(6):
         np.testing.assert_allclose(net.feedforward(X[i]), batch[i], rtol=1e-12)
         np.testing.assert_allclose(net.feedforward(np.asfortranarray(X)[i]), batch[i], rtol=1e-12)
+
+
+def test_prepared_data_train_alike_and_are_converted_once(monkeypatch):
+    X, y = make_data(500, 20, 4, dtype=np.float64, density=0.2)
+    a, b = Network([20, 8, 4], seed=5), Network([20, 8, 4], seed=5)
+    calls = []
+    real = Network._sparse_inputs
+    monkeypatch.setattr(
+        Network, "_sparse_inputs", lambda self, *k: calls.append(1) or real(self, *k)
+    )
+    prepared = b.prepare((X, y))
+    for _ in range(3):  # a pipeline calling SGD once per epoch
+        a.SGD((X, y), 1, 10, 0.5, quiet=True)
+        b.SGD(prepared, 1, 10, 0.5, quiet=True)
+    assert np.array_equal(a.parameters, b.parameters)
+    assert len(calls) == 3 + 1  # three times for the raw arrays, once for the prepared ones
+    assert len(prepared) == 500
+    with pytest.raises(ValueError, match="prepare them with it"):
+        Network([20, 8, 4], dtype=np.float64).SGD(prepared, 1, 10, 0.5, quiet=True)
+    with pytest.raises(ValueError, match="20 inputs"):
+        Network([21, 8, 4]).SGD(prepared, 1, 10, 0.5, quiet=True)

@@ -72,8 +72,18 @@ def _user_cache():
 
 
 def _temporary_cache():
-    uid = os.getuid() if hasattr(os, "getuid") else "user"
-    return os.path.join(tempfile.gettempdir(), f"fastnn-numba-{uid}")
+    """A private folder in the temporary directory, or None where another user could plant
+    machine code in it (it exists and is not ours alone)."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    path = os.path.join(tempfile.gettempdir(), f"fastnn-numba-{uid or 'user'}")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+    except OSError:
+        return None
+    if uid is not None and (st.st_uid != uid or st.st_mode & 0o022):
+        return None
+    return path
 
 
 def candidate_dirs():
@@ -84,7 +94,9 @@ def candidate_dirs():
         dirs.append(os.path.join(config.CACHE_DIR, sub))
     dirs.append(os.path.join(PACKAGE_DIR, "__pycache__"))
     dirs.append(os.path.join(_user_cache(), sub))
-    dirs.append(os.path.join(_temporary_cache(), sub))
+    temporary = _temporary_cache()
+    if temporary is not None:
+        dirs.append(os.path.join(temporary, sub))
     return dirs
 
 
@@ -92,9 +104,9 @@ def candidate_dirs():
 def cache_dir():
     """The folder this process caches the kernels in (the first writable candidate)."""
     dirs = candidate_dirs()
-    for i, d in enumerate(dirs):
+    for d in dirs:
         if _writable(d):
-            if i == len(dirs) - 1:
+            if os.path.dirname(d) == _temporary_cache():
                 warnings.warn(
                     f"fastnn: neither $NUMBA_CACHE_DIR, the package folder nor the user cache "
                     f"is writable; compiled kernels are cached in {d}, which may not last. "
