@@ -615,8 +615,17 @@ class Network:
 
     def _forward_one(self, x, original=None):
         a = np.empty(self._n_act, self.dtype)
-        x = x if x.flags.c_contiguous else x.copy()
-        if kernels.forward_one(*self._kernel_args()[:6], x, a):
+        hid, out, _ = self._codes  # the latency path: no tuple building
+        if kernels.forward_one(
+            self._theta,
+            self._sizes,
+            self._offs,
+            self._aoff,
+            hid,
+            out,
+            x if x.flags.c_contiguous else x.copy(),
+            a,
+        ):
             self._raise_nonfinite(x, "a", original)
         return a[self._aoff[-1] :]
 

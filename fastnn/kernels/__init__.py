@@ -2,24 +2,24 @@
 
 Where things are
 ----------------
-============== ===============================================================
-module         defines
-============== ===============================================================
-``_jit``       compile options (``_opts``, ``_dot_opts``), float32 constants
-``_llvm``      LLVM intrinsics: prefetch, atomics, pause/yield, ``p * 2**k``
-``lanes``      16-neuron lane vectors over sparse inputs, in LLVM IR
-``activations`` vectorised ``exp``, activations, derivatives, output deltas
-``dense``      blocked forward / gradient / backprop, the ``"samples"`` driver,
-               the full-batch gradient
-``inference``  forward pass of many samples, or of one
-``team``       joining a team and its spin barrier
-``split``      the ``"split"`` driver (first layer by neuron pairs)
-``hybrid``     the ``"hybrid"`` driver (first layer by neuron blocks)
-``sparse``     the ``"sparse"`` driver and the CSR builders
-``select``     the choice rules, :func:`choose_driver` and :data:`DRIVERS`
-``buffers``    cache-line aligned allocation
-``cache``      where compiled kernels are cached; the whole-package cache key
-============== ===============================================================
+================ ==============================================================
+module           defines
+================ ==============================================================
+``_jit``         compile options (``_opts``, ``_dot_opts``), float32 constants
+``_llvm``        LLVM intrinsics: prefetch, atomics, pause/yield, ``p * 2**k``
+``lanes``        16-neuron lane vectors over sparse inputs, in LLVM IR
+``activations``  vectorised ``exp``, activations, derivatives, output deltas
+``dense``        blocked forward / gradient / backprop, the ``"samples"`` driver,
+                 the full-batch gradient
+``inference``    forward pass of many samples, or of one
+``team``         joining a team and its spin barrier
+``split``        the ``"split"`` driver (first layer by neuron pairs)
+``hybrid``       the ``"hybrid"`` driver (first layer by neuron blocks)
+``sparse``       the ``"sparse"`` driver and the CSR builders
+``select``       the choice rules, :func:`choose_driver` and :data:`DRIVERS`
+``buffers``      cache-line aligned allocation
+``cache``        where compiled kernels are cached; the whole-package cache key
+================ ==============================================================
 
 Every kernel is a pure function over arrays it is given; nothing allocates
 in a hot loop.  The Python layer (:mod:`fastnn.network`) validates inputs

@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 
 from ..layout import CROSS_ENTROPY, QUADRATIC, RELU, SIGMOID, TANH
-from ._jit import _0, _1, _opts
+from ._jit import _0, _1, _dot_opts, _opts
 from ._llvm import _times_pow2
 
 # exp(r) on |r| <= ln(2)/2 as a polynomial: Taylor terms to r**7 in float32 (truncation
@@ -135,6 +135,22 @@ def _derivative(a, act):
         return _1 if a > _0 else _0
     else:  # TANH
         return _1 - a * a
+
+
+@njit(**_dot_opts)
+def _any_nonfinite(A, s0, s1, c0, c1):
+    """1 if any value of ``A[s0:s1, c0:c1]`` is NaN or infinite, else 0.
+
+    A sum of ``value * 0`` (NaN exactly when a value is NaN or infinite): no
+    branch per value, one call per block of samples, reassociated so that it
+    vectorises (without ``nnan``/``ninf`` LLVM may not fold ``value * 0``).
+    """
+    z = _0 * _0
+    for i in range(s0, s1):
+        row = A[i, c0:c1]
+        for j in range(row.shape[0]):
+            z += row[j] * _0
+    return 0 if z == z else 1
 
 
 @njit(**_opts)

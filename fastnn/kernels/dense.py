@@ -39,7 +39,7 @@ from numba import njit, prange
 
 from ..layout import layer_offsets
 from ._jit import _0, _dot_opts, _opts
-from .activations import _activate, _count_nonfinite, _derivative, _output_deltas
+from .activations import _activate, _any_nonfinite, _derivative, _output_deltas
 
 MAX_CHUNKS = 8  # chunks of a mini-batch, at most (every driver)
 UPDATE_BLOCK = 8192  # parameters per block of the parallel update pass
@@ -363,8 +363,8 @@ def _dense_backprop(theta, woff, n_in, n_out, D, d_col, A, a_col, act, s0, s1):
 def _forward_chunk(theta, sizes, offs, aoff, hid, out, X, rows, ident, A, s0, s1):
     """Forward pass of samples ``rows[s0:s1]`` of ``X``; outputs into ``A[s0:s1]``.
 
-    Returns the number of pre-activations (of any layer) and outputs that are
-    not finite: inference uses it to reject NaN/inf input and any layer that
+    Returns a positive number when a pre-activation of any layer is not
+    finite: inference uses it to reject NaN/inf input and any layer that
     overflowed; training ignores it.
     """
     L = sizes.shape[0] - 1
@@ -378,14 +378,11 @@ def _forward_chunk(theta, sizes, offs, aoff, hid, out, X, rows, ident, A, s0, s1
             _dense_forward(
                 theta, offs[l], boff, n_in, n_out, A, ident, aoff[l - 1], A, aoff[l], s0, s1
             )
+        bad += _any_nonfinite(A, s0, s1, aoff[l], aoff[l] + n_out)
         act = out if l == L - 1 else hid
         for i in range(s0, s1):
-            a = A[i, aoff[l] : aoff[l] + n_out]
-            bad += _count_nonfinite(a)
-            _activate(a, act)
-    for i in range(s0, s1):
-        bad += _count_nonfinite(A[i, aoff[L - 1] : aoff[L - 1] + sizes[L]])
-    return bad
+            _activate(A[i, aoff[l] : aoff[l] + n_out], act)
+    return bad  # (finite pre-activations give finite outputs: no check after the last)
 
 
 @njit(**_opts)

@@ -5,14 +5,14 @@ rounding, and each is bit-identical across thread counts); the choice is one
 of speed, made once per ``SGD`` call from the sizes, the batch and the
 density of the inputs:
 
-========== ==============================================================
-``sparse`` inputs at most 40% non-zero, a hidden first layer of at most 32
-           neurons (W1, W2 on MNIST, at every batch size)
-``hybrid`` a hidden first layer of 32+ neurons holding 80%+ of the
-           parameters, batch 8 or more (W3)
-``split``  batch 8-32, a hidden first layer holding 95%+ of the parameters
+=========== ==============================================================
+``sparse``  inputs at most 40% non-zero, a hidden first layer of at most 32
+            neurons (W1, W2 on MNIST, at every batch size)
+``hybrid``  a hidden first layer of 32+ neurons holding 80%+ of the
+            parameters, batch 8 or more (W3)
+``split``   batch 8-32, a hidden first layer holding 95%+ of the parameters
 ``samples`` everything else (and every network without a hidden layer)
-========== ==============================================================
+=========== ==============================================================
 
 The thresholds were measured on the 2-core CI machine against the other
 drivers; ``docs/performance-notes.md`` records the comparisons.
