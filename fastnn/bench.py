@@ -503,7 +503,7 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
     if (not workloads or "W1" in workloads) and (not contenders or "fastnn-f32" in contenders):
         # whole SGD calls, data preparation included: what a pipeline sees
         w = WORKLOADS["W1"]
-        flops = train_flops(w["sizes"], len(data.X), w["batch"]) * SGD_CALL_EPOCHS
+        flops = train_flops(w["sizes"], len(data.X), w["batch"])  # per epoch, as the times
         for cname, run in sgd_call_runs(w, data).items():
             record("W1-calls", cname, w["batch"], run, flops)
 

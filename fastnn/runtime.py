@@ -153,14 +153,14 @@ class ThreadTuner:
     Beside other busy processes, a team whose member the OS has descheduled
     makes every other member wait; then one thread is faster than all.  The
     tuner times every call (seconds per sample: a moving average for the
-    current choice, the latest trial for the other), runs the faster choice,
-    and now and then tries the other on a quarter-sized call: after 8 calls,
-    then at doubling intervals up to 128 while the choice holds, from 8 again
-    when it flips.  Trained weights are
+    current choice, the latest trial for the other), keeps its choice unless
+    the other is at least 15% faster, and now and then tries the other on a
+    quarter-sized call: after 8 calls, then at doubling intervals up to 128
+    while the choice holds, from 8 again when it flips.  Trained weights are
     bit-identical whatever the thread count, so this changes speed only.
     """
 
-    FIRST, LONGEST, WEIGHT = 8, 128, 0.3
+    FIRST, LONGEST, WEIGHT, MARGIN = 8, 128, 0.3, 0.85
 
     def __init__(self, threads):
         self.options = (threads, 1) if threads > 1 else (threads,)
@@ -196,9 +196,12 @@ class ThreadTuner:
             self.rate[threads] = r
         else:
             self.rate[threads] = (1 - self.WEIGHT) * old + self.WEIGHT * r
-        if len(self.rate) < len(self.options):
+        if len(self.options) == 1 or len(self.rate) < 2:
             return
-        best = min(self.options, key=self.rate.get)
+        other = self.options[1] if self.current == self.options[0] else self.options[0]
+        # the other choice must be clearly faster to take over: timings beside busy
+        # processes are noisy, and flapping between the two costs more than either
+        best = other if self.rate[other] < self.MARGIN * self.rate[self.current] else self.current
         if threads != self.current and self.countdown <= 0:  # a trial of the other choice
             self.interval = (
                 self.FIRST if best != self.current else min(2 * self.interval, self.LONGEST)
