@@ -284,3 +284,5 @@ def test_prepared_data_train_alike_and_are_converted_once(monkeypatch):
         Network([20, 8, 4], dtype=np.float64).SGD(prepared, 1, 10, 0.5, quiet=True)
     with pytest.raises(ValueError, match="20 inputs"):
         Network([21, 8, 4]).SGD(prepared, 1, 10, 0.5, quiet=True)
+    with pytest.raises(ValueError, match="4 classes"):
+        Network([20, 8, 5]).SGD(prepared, 1, 10, 0.5, quiet=True)

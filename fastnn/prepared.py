@@ -1,0 +1,48 @@
+"""Training data validated and converted once, for many ``SGD`` calls (``Network.prepare``)."""
+
+import numpy as np
+
+
+class PreparedData:
+    """Training data validated once, with the forms the drivers train on made once each.
+
+    Made by :meth:`Network.prepare`; pass it to ``SGD`` as ``training_data``.
+    ``X`` is the validated input array (not converted), ``y`` the int64 labels.
+    """
+
+    def __init__(self, net, training_data):
+        self.X, self.y = net._data(training_data, "training_data", convert=False)
+        self.n_in, self.n_out, self.dtype = net._size_list[0], net._size_list[-1], net.dtype
+        self._density = self._csr = self._dense = None
+
+    def check_fits(self, net):
+        """Raise ``ValueError`` unless ``net`` has the input size, class count and dtype these
+        data were prepared for."""
+        mine = (self.n_in, self.n_out, self.dtype)
+        if (net._size_list[0], net._size_list[-1], net.dtype) != mine:
+            raise ValueError(
+                f"these prepared data are for {self.n_in} inputs, {self.n_out} classes, "
+                f"{self.dtype.name}; the network has {net._size_list[0]} inputs, "
+                f"{net._size_list[-1]} classes, {net.dtype.name}: prepare them with it"
+            )
+
+    def __len__(self):
+        return self.X.shape[0]
+
+    def density(self):
+        """The fraction of non-zero inputs."""
+        if self._density is None:
+            self._density = np.count_nonzero(self.X) / self.X.size
+        return self._density
+
+    def csr(self, net):
+        """The CSR form ``(indptr, indices, values)`` in the working dtype."""
+        if self._csr is None:
+            self._csr = net._sparse_inputs(self.X, "training_data inputs")
+        return self._csr
+
+    def dense(self, net):
+        """The inputs as a C-contiguous array of the working dtype."""
+        if self._dense is None:
+            self._dense = net._working(self.X, "training_data inputs")
+        return self._dense
