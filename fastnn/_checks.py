@@ -4,6 +4,8 @@ import numbers
 
 import numpy as np
 
+from .layout import count_params
+
 #: The most parameters a network may have (4 GiB of float32), checked before anything is
 #: allocated.
 MAX_PARAMS = 2**30
@@ -22,7 +24,7 @@ def _layer_sizes(sizes):
         if isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral) or s < 1:
             raise ValueError(f"sizes must be positive integers, {example}; got {s!r} in {sizes!r}")
     sizes = [int(s) for s in sizes]
-    n = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    n = count_params(sizes)
     if n > MAX_PARAMS:
         raise ValueError(
             f"sizes {sizes} give {n:,} parameters; fastnn allows at most {MAX_PARAMS:,} "

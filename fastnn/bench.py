@@ -403,8 +403,6 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
             record("W1-calls", cname, w["batch"], run, flops)
 
         # W1 beside a busy process: default threads against one thread, under the same load
-        w = WORKLOADS["W1"]
-        flops = train_flops(w["sizes"], len(data.X), w["batch"])
         with busy_processes(1):
             for threads in (None, 1):
                 run = fastnn_contender(np.float32)(w, data, threads)

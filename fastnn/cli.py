@@ -6,6 +6,7 @@ The ``fastnn`` console script is the same command.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -31,8 +32,6 @@ def _sizes(text):
 
 def _check_save_path(path):
     """An error message if a model cannot be written at ``path``, else None (before training)."""
-    import os
-
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         return f"--save {path} is a directory; give the model file's path"
@@ -109,8 +108,9 @@ def _train(args):
     from .datasets import MNISTNotFoundError, load_mnist
     from .network import Network
 
-    if args.save and _check_save_path(args.save):
-        print(f"error: {_check_save_path(args.save)}", file=sys.stderr)
+    problem = _check_save_path(args.save) if args.save else None
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         (X, y), (Xt, yt) = load_mnist(args.data_dir, dtype=np.uint8, download=args.download)
@@ -203,7 +203,5 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # the reader went away (python -m fastnn ... | head -1): stop quietly; point stdout at
         # devnull so that the interpreter's final flush does not fail again
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

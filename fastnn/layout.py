@@ -20,6 +20,12 @@ OUTPUT_ACTIVATIONS = {"sigmoid": SIGMOID, "softmax": SOFTMAX}
 COSTS = {"quadratic": QUADRATIC, "cross_entropy": CROSS_ENTROPY, "log_loss": LOG_LOSS}
 
 
+def count_params(sizes):
+    """Length of the flat parameter vector of a network of ``sizes`` (exact Python ints, so
+    that absurd sizes can be refused before anything is allocated)."""
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
 def layer_offsets(sizes):
     """Start of each layer's ``W`` in the flat vector, plus the total length.
 

@@ -166,6 +166,7 @@ class Network(InputsMixin):
             raise ValueError(f"parameters must be finite {self.dtype.name} values")
         self._theta[...] = v
 
+    @property
     def num_layers(self) -> int:
         return len(self._size_list)
 
@@ -256,8 +257,10 @@ class Network(InputsMixin):
                 "seconds",
             )
         }
+        largest = float(np.abs(self._theta).max())
         with runtime.num_threads(threads):
             for epoch in range(epochs):
+                before = largest
                 perm = self._rng.permutation(n)
                 saved = self._theta.copy()
                 t0 = time.perf_counter()
@@ -267,7 +270,7 @@ class Network(InputsMixin):
                 largest = float(np.abs(self._theta).max())  # NaN if any is NaN
                 if not np.isfinite(largest):
                     what = "parameters became NaN or infinite"
-                elif largest > 1e4 * max(1.0, float(np.abs(saved).max())):
+                elif largest > 1e4 * max(1.0, before):
                     what = (
                         f"the parameters exploded (largest magnitude {largest:.3g}, more than "
                         "10,000 times what it was before the epoch)"
@@ -369,8 +372,8 @@ class Network(InputsMixin):
             # thread count of each call follows the tuner (one thread beside busy processes).
             runtime._check_not_forked()
             threads = numba.get_num_threads()
-            tuner = runtime.tuner_for((name, tuple(self._size_list), m, self.dtype.str, threads))
-            tuner = tuner if tune else None
+            key = (name, tuple(self._size_list), m, self.dtype.str, threads)
+            tuner = runtime.tuner_for(key) if tune else None
             total, correct = 0.0, 0
             s0 = 0
             while s0 < perm.shape[0]:
@@ -445,8 +448,9 @@ class Network(InputsMixin):
         A = np.empty((n, self._n_act), self.dtype)
         if runtime.forked_after_openmp():
             bad = 0
+            args = self._kernel_args()[:6]
             for i in range(n):
-                bad += kernels.forward_one(*self._kernel_args()[:6], X[i], A[i])
+                bad += kernels.forward_one(*args, X[i], A[i])
         else:
             ident = np.arange(n, dtype=np.int64)
             with runtime.parallel_section():
@@ -517,8 +521,8 @@ class Network(InputsMixin):
         """Predicted class (index of the largest output) of each row of ``X``."""
         return self._forward(*self._inference_inputs(X, "X")).argmax(axis=1)
 
-    def _count_correct(self, X, y):
-        return int((self._forward(X).argmax(axis=1) == y).sum())
+    def _count_correct(self, X, y, name="X", original=None):
+        return int((self._forward(X, name, original).argmax(axis=1) == y).sum())
 
     def evaluate(self, test_data: Data) -> int:
         """Number of samples of ``test_data`` (arrays or pairs) classified correctly."""
@@ -527,8 +531,7 @@ class Network(InputsMixin):
     def accuracy(self, X: npt.ArrayLike, y: npt.ArrayLike) -> float:
         """Fraction of rows of ``X`` classified as ``y``."""
         Xw, name, original = self._inference_inputs(X, "X")
-        y = self._labels(y, Xw.shape[0])
-        return int((self._forward(Xw, name, original).argmax(axis=1) == y).sum()) / Xw.shape[0]
+        return self._count_correct(Xw, self._labels(y, Xw.shape[0]), name, original) / len(Xw)
 
     # ------------------------------------------------------------------ cost and gradient
     def _cost_and_gradient(self, X, y):
@@ -574,19 +577,20 @@ class Network(InputsMixin):
         interrupted save (a kill, a full disk) leaves any earlier file at
         ``path`` whole.
         """
-        return write_model(
-            path,
-            dict(
-                format=np.str_(FORMAT_NAME),
-                version=np.int64(FORMAT_VERSION),
-                sizes=np.array(self._size_list, dtype=np.int64),
-                parameters=self._theta,
-                activation=np.str_(self.activation),
-                output=np.str_(self.output),
-                cost=np.str_(self.cost_name),
-                init=np.str_(self.init),
-                weight_decay=np.float64(self.weight_decay),
-            ),
+        return write_model(path, self._model_fields())
+
+    def _model_fields(self):
+        """The arrays a model file holds, by key (see :meth:`save`)."""
+        return dict(
+            format=np.str_(FORMAT_NAME),
+            version=np.int64(FORMAT_VERSION),
+            sizes=np.array(self._size_list, dtype=np.int64),
+            parameters=self._theta,
+            activation=np.str_(self.activation),
+            output=np.str_(self.output),
+            cost=np.str_(self.cost_name),
+            init=np.str_(self.init),
+            weight_decay=np.float64(self.weight_decay),
         )
 
     @classmethod
@@ -603,27 +607,11 @@ class Network(InputsMixin):
 
     @classmethod
     def _from_fields(cls, path, f):
-        def bad(why):
-            return ValueError(f"{path}: not a fastnn network file: {why}")
-
-        if f["format"] != FORMAT_NAME:
-            raise bad(f"format is {f['format']!r}, not {FORMAT_NAME!r}")
-        if f["version"] != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported fastnn format version {f['version']}")
-        sizes = f["sizes"]
-        try:
-            sizes = _layer_sizes([int(s) for s in sizes])
-        except (TypeError, ValueError) as e:
-            raise bad(f"sizes: {e}") from None
+        """A network from the checked fields of a model file (``read_model``)."""
         theta = f["parameters"]
-        n = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-        if theta.shape != (n,):
-            raise bad(f"the parameter vector has shape {theta.shape}, sizes {sizes} need ({n},)")
-        if not np.isfinite(theta).all():
-            raise bad("the parameters contain NaN or infinite values")
         try:
             net = cls(
-                sizes,
+                f["sizes"],
                 activation=f["activation"],
                 output=f["output"],
                 cost=f["cost"],
@@ -632,6 +620,6 @@ class Network(InputsMixin):
                 dtype=theta.dtype,
             )
         except (TypeError, ValueError) as e:
-            raise bad(str(e)) from None
+            raise ValueError(f"{path}: not a fastnn network file: {e}") from None
         net._theta[...] = theta
         return net

@@ -15,7 +15,8 @@ import zipfile
 
 import numpy as np
 
-from ._checks import MAX_PARAMS
+from ._checks import MAX_PARAMS, _layer_sizes
+from .layout import count_params
 
 FORMAT_NAME = "fastnn-network"
 FORMAT_VERSION = 1
@@ -73,10 +74,10 @@ class InvalidModelFile(ValueError):
 
 
 def read_model(path):
-    """The fields of a model file, each checked for its type and size before it is read.
-
-    Reads the header of every array in the archive first, so that a small file
-    that declares a huge array is refused without allocating it.
+    """The fields of a model file, checked: each member's type and size from its header
+    before it is read (a small file that declares a huge array is refused without
+    allocating it), then the format, the version, the sizes, and a finite parameter
+    vector of the length the sizes need.  ``sizes`` is returned as a list of ints.
     """
     path = os.fspath(path)
 
@@ -135,6 +136,20 @@ def read_model(path):
             out[key] = a
         else:  # the parameter vector, in native byte order
             out[key] = a.astype(a.dtype.newbyteorder("="), copy=False)
-    if out["parameters"].dtype not in (np.float32, np.float64):
-        raise bad(f"parameters have dtype {out['parameters'].dtype}, not float32 or float64")
+    if out["format"] != FORMAT_NAME:
+        raise bad(f"format is {out['format']!r}, not {FORMAT_NAME!r}")
+    if out["version"] != FORMAT_VERSION:
+        raise InvalidModelFile(f"{path}: unsupported fastnn format version {out['version']}")
+    try:
+        out["sizes"] = _layer_sizes([int(s) for s in out["sizes"]])
+    except (TypeError, ValueError) as e:
+        raise bad(f"sizes: {e}") from None
+    theta = out["parameters"]
+    if theta.dtype not in (np.float32, np.float64):
+        raise bad(f"parameters have dtype {theta.dtype}, not float32 or float64")
+    n = count_params(out["sizes"])
+    if theta.shape != (n,):
+        raise bad(f"the parameter vector has shape {theta.shape}, sizes {out['sizes']} need ({n},)")
+    if not np.isfinite(theta).all():
+        raise bad("the parameters contain NaN or infinite values")
     return out

@@ -7,6 +7,11 @@ from fastnn import Network
 from helpers import make_data
 
 
+def test_layer_count_and_parameter_count_are_properties():
+    net = Network([784, 16, 16, 10])
+    assert net.num_layers == 4 and net.n_params == 13002
+
+
 def test_parameters_are_one_vector_with_views():
     net = Network([784, 16, 16, 10], seed=0)
     assert net.n_params == 13002

@@ -158,17 +158,8 @@ def _write_npz(path, **fields):
 
 
 def _fields(net, **change):
-    f = dict(
-        format=np.str_("fastnn-network"),
-        version=np.int64(1),
-        sizes=np.array(net.sizes, np.int64),
-        parameters=net.parameters,
-        activation=np.str_(net.activation),
-        output=np.str_(net.output),
-        cost=np.str_(net.cost_name),
-        init=np.str_(net.init),
-        weight_decay=np.float64(net.weight_decay),
-    )
+    """The arrays ``net.save`` writes, with ``change`` applied (None: the key left out)."""
+    f = net._model_fields()
     f.update(change)
     return {k: v for k, v in f.items() if v is not None}
 

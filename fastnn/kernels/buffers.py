@@ -23,8 +23,3 @@ def whole_lines(k, dtype):
     """``k`` values of ``dtype`` rounded up to whole 64-byte cache lines."""
     per_line = LINE // np.dtype(dtype).itemsize
     return -(-k // per_line) * per_line
-
-
-def n_params(sizes):
-    """Length of the flat parameter vector of a network of ``sizes``."""
-    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))

@@ -17,9 +17,10 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
+from ..layout import count_params
 from ._jit import _1, _opts
 from .activations import _activate
-from .buffers import line_aligned_empty, n_params, whole_lines
+from .buffers import line_aligned_empty, whole_lines
 from .dense import MAX_CHUNKS, _dense_forward, _dense_grad, _later_layers, _update_sum, chunk_count
 from .team import _PATIENCE, _barrier, _join
 
@@ -204,7 +205,7 @@ def hybrid_units(sizes, m):
 def hybrid_buffers(sizes, m, dtype, team):
     """:class:`HybridBuffers` for mini-batches of up to ``m`` and up to ``team`` members."""
     H = whole_lines(sum(sizes[1:]), dtype)
-    rest = whole_lines(n_params(sizes) - sizes[0] * sizes[1] - sizes[1], dtype)
+    rest = whole_lines(count_params(sizes) - sizes[0] * sizes[1] - sizes[1], dtype)
     return HybridBuffers(
         np.arange(m, dtype=np.int64),
         line_aligned_empty((m, H), dtype),

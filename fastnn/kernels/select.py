@@ -20,6 +20,7 @@ drivers; ``docs/performance-notes.md`` records the comparisons.
 
 from typing import Callable, NamedTuple
 
+from ..layout import count_params
 from .dense import samples_buffers, train_epoch
 from .hybrid import HYBRID_BLOCK, hybrid_buffers, hybrid_units, train_epoch_hybrid
 from .lanes import LANES
@@ -36,7 +37,7 @@ SPARSE_MAX_DENSITY = 0.4  # the crossover with the dense drivers is about 0.5
 def _first_layer_holds(sizes, share):
     """Whether the first layer holds at least ``share`` of the parameters."""
     n_first = sizes[0] * sizes[1] + sizes[1]
-    return n_first >= share * sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    return n_first >= share * count_params(sizes)
 
 
 def use_sparse(sizes, m, density):

@@ -23,10 +23,11 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
+from ..layout import count_params
 from ._jit import _1, _opts
 from ._llvm import _prefetch
 from .activations import _activate
-from .buffers import line_aligned_empty, n_params, whole_lines
+from .buffers import line_aligned_empty, whole_lines
 from .dense import MAX_CHUNKS, _later_layers, _update_sum
 from .lanes import LANES, _lanes_sparse_axpy, _lanes_sparse_dot
 from .team import _PATIENCE, _barrier, _join
@@ -335,7 +336,7 @@ def sparse_buffers(sizes, m, dtype, team):
     """:class:`SparseBuffers` for mini-batches of up to ``m`` and up to ``team`` members."""
     n_in, n1 = sizes[0], sizes[1]
     n1p = -(-n1 // LANES) * LANES
-    rest = n_params(sizes) - n_in * n1
+    rest = count_params(sizes) - n_in * n1
     H = whole_lines(sum(sizes[1:]), dtype)
     return SparseBuffers(
         np.arange(m, dtype=np.int64),

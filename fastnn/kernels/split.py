@@ -21,10 +21,11 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
+from ..layout import count_params
 from ._jit import _0, _1, _dot_opts, _opts
 from ._llvm import _prefetch
 from .activations import _activate, _output_deltas
-from .buffers import line_aligned_empty, n_params, whole_lines
+from .buffers import line_aligned_empty, whole_lines
 from .dense import MAX_CHUNKS, _dense_backprop, _dense_forward, _dense_grad, _update_block
 from .team import _PATIENCE, _barrier, _join
 
@@ -475,7 +476,7 @@ def split_buffers(sizes, m, dtype, team):
     """:class:`SplitBuffers` for mini-batches of up to ``m`` and up to ``team`` members."""
     H = whole_lines(sum(sizes[1:]), dtype)
     n1 = sizes[1]
-    rest = whole_lines(n_params(sizes) - sizes[0] * n1, dtype)
+    rest = whole_lines(count_params(sizes) - sizes[0] * n1, dtype)
     G = line_aligned_empty((team, rest), dtype)
     G[...] = 0
     return SplitBuffers(
