@@ -6,6 +6,9 @@ to 64 bytes and padded to whole lines, no cache line is written by two cores.
 """
 
 import numpy as np
+from numba import njit
+
+from ._jit import _opts
 
 LINE = 64  # bytes per cache line
 
@@ -23,3 +26,14 @@ def whole_lines(k, dtype):
     """``k`` values of ``dtype`` rounded up to whole 64-byte cache lines."""
     per_line = LINE // np.dtype(dtype).itemsize
     return -(-k // per_line) * per_line
+
+
+@njit(**_opts)
+def _copy(dst, src):
+    """``dst[:] = src`` for 1-D arrays of one length, as a loop.
+
+    A slice assignment makes Numba compile its shape-mismatch error message
+    (string formatting), about 3 s of a cold start per driver.
+    """
+    for i in range(src.shape[0]):
+        dst[i] = src[i]

@@ -20,7 +20,7 @@ from numba import njit, prange
 from ..layout import count_params
 from ._jit import _1, _opts
 from .activations import _activate
-from .buffers import line_aligned_empty, whole_lines
+from .buffers import _copy, line_aligned_empty, whole_lines
 from .dense import MAX_CHUNKS, _dense_forward, _dense_grad, _later_layers, _update_sum, chunk_count
 from .team import _PATIENCE, _barrier, _join
 
@@ -60,7 +60,7 @@ def _hybrid_member(
     base = b1off + n1  # theta[base:]: the later layers, copied privately
     rest = theta.shape[0] - base
     Pt = P[slot, 0:rest]
-    Pt[:] = theta[base:]
+    _copy(Pt, theta[base:])
     offp = offs - base
     keep = theta.dtype.type(1.0 - eta * decay)
     first = perm[0 : min(m, n)]
@@ -110,7 +110,7 @@ def _hybrid_member(
             phase += 1
             _barrier(sync, team, phase)
     if slot == 0:
-        theta[base:] = Pt
+        _copy(theta[base:], Pt)
 
 
 @njit(parallel=True, **_opts)

@@ -27,7 +27,7 @@ from ..layout import count_params
 from ._jit import _1, _opts
 from ._llvm import _prefetch
 from .activations import _activate
-from .buffers import line_aligned_empty, whole_lines
+from .buffers import _copy, line_aligned_empty, whole_lines
 from .dense import MAX_CHUNKS, _later_layers, _update_sum
 from .lanes import LANES, _lanes_sparse_axpy, _lanes_sparse_dot
 from .team import _PATIENCE, _barrier, _join
@@ -126,7 +126,7 @@ def _sparse_member(
             WT[k * n1p + j] = theta[j * n_in + k]
         for j in range(n1, n1p):
             WT[k * n1p + j] = 0
-    Pt[:] = theta[base:]
+    _copy(Pt, theta[base:])
     bias = Pt[0:n1]
     offp = offs - base
     At = A[slot]
@@ -166,7 +166,7 @@ def _sparse_member(
                 for v in range(0, n1p, LANES):
                     _lanes_sparse_dot(WT, v, n1p, indices, values, indptr[s], indptr[s + 1], z, v)
                 a = At[i, 0:n1]
-                a[:] = z[0:n1]
+                _copy(a, z[0:n1])
                 _activate(a, hid)
             g = Gp[c, 0:rest]
             for p in range(rest):
@@ -208,7 +208,7 @@ def _sparse_member(
         for k in range(n_in):
             for j in range(n1):
                 theta[j * n_in + k] = WT[k * n1p + j]
-        theta[base:] = Pt
+        _copy(theta[base:], Pt)
 
 
 @njit(parallel=True, **_opts)

@@ -25,7 +25,7 @@ from ..layout import count_params
 from ._jit import _0, _1, _dot_opts, _opts
 from ._llvm import _prefetch
 from .activations import _activate, _output_deltas
-from .buffers import line_aligned_empty, whole_lines
+from .buffers import _copy, line_aligned_empty, whole_lines
 from .dense import MAX_CHUNKS, _dense_backprop, _dense_forward, _dense_grad, _update_block
 from .team import _PATIENCE, _barrier, _join
 
@@ -291,7 +291,7 @@ def _team_member(
     j1 = min(2 * ((slot + 1) * npairs // team), n1)
     base = n_in * n1  # theta[base:]: first-layer biases, then the later layers
     Pt = P[slot, 0 : theta.shape[0] - base]
-    Pt[:] = theta[base:]
+    _copy(Pt, theta[base:])
     bias = Pt[0:n1]
     offp = offs - base  # the later layers' offsets in Pt
     At = A[slot]
@@ -369,9 +369,9 @@ def _team_member(
         if nxt.shape[0] > 0:
             phase += 1
             _barrier(sync, team, phase)
-    theta[base + j0 : base + j1] = bias[j0:j1]
+    _copy(theta[base + j0 : base + j1], bias[j0:j1])
     if slot == 0:
-        theta[base + n1 :] = Pt[n1:]
+        _copy(theta[base + n1 :], Pt[n1:])
         stats[0, 0] = total
         stats[0, 1] = correct
 
