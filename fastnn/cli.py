@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastnn train``, ``bench`` and ``clear-cache``.
+"""Command line: ``python -m fastnn train``, ``bench``, ``warmup`` and ``clear-cache``.
 
 The ``fastnn`` console script is the same command.
 """
@@ -183,10 +183,40 @@ def _add_clear_cache(sub):
     p.set_defaults(func=_clear_cache)
 
 
+def _warmup(args):
+    from .kernels import cache
+    from .warmup import warmup
+
+    print(f"compiling fastnn's kernels into {cache.cache_dir()}", flush=True)
+    t = time.perf_counter()
+    warmup(args.dtype, args.groups, progress=lambda line: print(line, flush=True))
+    print(f"done in {time.perf_counter() - t:.1f} s")
+    return 0
+
+
+def _add_warmup(sub):
+    from .warmup import DEFAULT_GROUPS, GROUPS
+
+    p = sub.add_parser(
+        "warmup",
+        help="compile the kernels ahead of time (a Docker build step, a cluster start-up)",
+        description="Compile fastnn's kernels into the kernel cache, one line per group. "
+        + "Groups: "
+        + "; ".join(f"{g}: {GROUPS[g][0]}" for g in GROUPS),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float64"])
+    p.add_argument(
+        "--groups", nargs="+", default=list(DEFAULT_GROUPS), choices=list(GROUPS), metavar="GROUP"
+    )
+    p.set_defaults(func=_warmup)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_warmup(sub)
     _add_clear_cache(sub)
     from .bench import add_parser
 

@@ -1,0 +1,58 @@
+"""``python -m fastnn warmup``: compiling ahead of time fills the cache a later process loads."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fastnn.warmup import warmup
+
+# A process that uses the inference kernels and reports, per kernel, whether it
+# compiled (cache misses) or loaded (cache hits).
+_USE = """
+import json, numpy as np, fastnn
+from fastnn import kernels
+X = (np.random.default_rng(1).random((20, 784)) < 0.2).astype(np.uint8) * 255
+net = fastnn.Network([784, 16, 16, 10], seed=0)
+net.predict(X); net.feedforward(X[0]); net.evaluate((X, np.arange(20) % 10))
+stats = {}
+for name in ("forward", "forward_one"):
+    s = getattr(kernels, name).stats
+    stats[name] = [sum(s.cache_hits.values()), sum(s.cache_misses.values())]
+print(json.dumps(stats))
+"""
+
+
+def test_unknown_group_and_dtype_are_named():
+    with pytest.raises(ValueError, match="unknown kernel groups \\['nope'\\]"):
+        warmup(groups=("nope",), progress=None)
+    with pytest.raises(ValueError, match="float32 or float64, got int64"):
+        warmup(dtypes=("int64",), groups=("inference",), progress=None)
+
+
+@pytest.mark.slow
+def test_warmup_fills_the_cache_a_later_process_loads(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run(
+        [sys.executable, "-m", "fastnn", "warmup", "--groups", "inference"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert str(tmp_path) in lines[0]
+    assert (
+        lines[1].startswith("inference float32") and lines[1].split()[2].replace(".", "").isdigit()
+    )
+    assert lines[-1].startswith("done in")
+    r = subprocess.run(
+        [sys.executable, "-c", _USE], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(r.stdout.splitlines()[-1])
+    for name, (hits, misses) in stats.items():
+        assert hits >= 1 and misses == 0, (name, hits, misses)
