@@ -329,6 +329,29 @@ def time_run(run, rounds, budget, settle=0.0):
     return times
 
 
+def time_interleaved(runs, rounds, budget, settle=0.0):
+    """Times of each of ``runs`` (scaled to one epoch), timed in turn within every round.
+
+    For comparisons under a load that drifts (busy neighbours, this VM's
+    speed): each round times every run once, so a slow phase hits all of
+    them alike.  One warm-up call each; stops after ``rounds`` rounds or when
+    the total exceeds ``budget`` seconds (at least one round).
+    """
+    if settle:
+        time.sleep(settle)
+    for run in runs:
+        run.fn()
+    times = [[] for _ in runs]
+    for _ in range(rounds):
+        for run, ts in zip(runs, times):
+            t = time.perf_counter()
+            run.fn()
+            ts.append((time.perf_counter() - t) * run.scale)
+        if sum(map(sum, times)) > budget:
+            break
+    return times
+
+
 def _result(workload, contender, batch, run, times, flops):
     med = statistics.median(times)
     n = run.samples * run.scale
@@ -402,12 +425,28 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
         for cname, run in sgd_call_runs(w, data).items():
             record("W1-calls", cname, w["batch"], run, flops)
 
-        # W1 beside a busy process: default threads against one thread, under the same load
-        with busy_processes(1):
-            for threads in (None, 1):
-                run = fastnn_contender(np.float32)(w, data, threads)
-                run.note = "beside 1 busy process" + (f"; {run.note}" if run.note else "")
-                record("W1-busy1", "fastnn-f32", w["batch"], run, flops)
+    # beside busy processes: default threads against one thread, interleaved, same load
+    for wname in ("W1",) if quick else ("W1", "W2", "W3"):
+        if (workloads and wname not in workloads) or (
+            contenders and "fastnn-f32" not in contenders
+        ):
+            continue
+        w = WORKLOADS[wname]
+        flops = train_flops(w["sizes"], len(data.X), w["batch"])
+        for busy in (1, 2):
+            runs = [fastnn_contender(np.float32)(w, data, threads) for threads in (None, 1)]
+            with busy_processes(busy):
+                times = time_interleaved(runs, rounds, 2 * budget, settle)
+            for run, ts in zip(runs, times):
+                run.note = f"beside {busy} busy process{'es' * (busy > 1)}" + (
+                    f"; {run.note}" if run.note else ""
+                )
+                r = _result(f"{wname}-busy{busy}", "fastnn-f32", w["batch"], run, ts, flops)
+                results.append(r)
+                log(
+                    f"  {r.workload:<10} fastnn-f32  batch {w['batch']:<5} threads "
+                    f"{str(r.threads):<5} {r.median_s:9.4f} s"
+                )
 
     if not workloads or "W1" in workloads:  # batch sweep of W1
         w1 = WORKLOADS["W1"]

@@ -77,6 +77,28 @@ def _label(r, cores):
     return _LABELS.get(r["contender"], r["contender"])
 
 
+def _busy_summary(res):
+    """Lines comparing default threads with one thread beside busy processes."""
+    busy = {}
+    for r in res:
+        if "-busy" in r["workload"]:
+            busy.setdefault(r["workload"], {})[str(r["threads"])] = r["median_s"]
+    parts = [
+        f"{w.replace('-busy', ' beside ')} busy: {t['all'] / t['1']:.2f}x"
+        for w, t in sorted(busy.items())
+        if "all" in t and "1" in t
+    ]
+    if not parts:
+        return []
+    return [
+        "",
+        "Beside busy processes (`python -c 'while True: pass'`), the default thread count's "
+        "epoch time over one thread's, timed in turn under the same load: "
+        + "; ".join(parts)
+        + ".",
+    ]
+
+
 def format_markdown(report):
     """The README's performance section body: machine line, table, sweep, notes (Markdown)."""
     command = report.get("command", "python -m fastnn bench")
@@ -93,7 +115,8 @@ def format_markdown(report):
         "| workload | contender | median s / epoch | vs reference | GFLOP/s | note |",
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
-    order = ["W1", "W1-calls", "W1-busy1", "W2", "W3", "W4-batch", "W4-single"]
+    order = ["W1", "W1-calls", "W1-busy1", "W1-busy2", "W2", "W2-busy1", "W2-busy2"]
+    order += ["W3", "W3-busy1", "W3-busy2", "W4-batch", "W4-single"]
     rows = [r for r in res if r["workload"].split("-threads")[0] in order]
     rows.sort(
         key=lambda r: (
@@ -114,6 +137,7 @@ def format_markdown(report):
             f"| {sk['workload']} | {_LABELS.get(sk['contender'], sk['contender'])} | "
             f"| | | skipped: {sk['reason']} |"
         )
+    lines += _busy_summary(res)
     w1 = {r["contender"]: r["median_s"] for r in res if r["workload"] == "W1"}
     if "fastnn-f32" in w1 and "per-sample" in w1:
         lines += [

@@ -69,6 +69,9 @@ def test_markdown_is_rendered_from_a_run_and_from_its_json(tmp_path, capsys):
     md = capsys.readouterr().out
     assert f"`python -m fastnn {' '.join(args)}`" in md  # the command that made the numbers
     assert "| W1 | fastnn f32, 1 thread |" in md and "| W1 | reference (NumPy mini-batch) |" in md
+    for busy in (1, 2):  # default threads and one thread, timed in turn beside busy processes
+        assert md.count(f"| W1-busy{busy} | fastnn f32") == 2
+        assert f"W1 beside {busy} busy: " in md
     assert "W1 batch-size sweep" in md and "| batch | 1 | 10 | 32 | 128 | 1024 |" in md
     assert main(["bench", "--render", str(out)]) == 0
     again = capsys.readouterr().out
