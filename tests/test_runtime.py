@@ -136,3 +136,41 @@ def test_two_python_threads_train_at_once_as_they_would_alone(layer):
     assert same == "True"
     if layer != "default":
         assert got_layer == layer
+
+
+def _train_in_worker(seed):
+    """Run in a loky worker: train, and report the thread budget and the largest team."""
+    import hashlib
+
+    import numba
+    import numpy as np
+
+    import fastnn
+    from fastnn import runtime as rt
+
+    teams = []
+    size = rt._team_size
+    rt._team_size = lambda most: teams.append(size(most)) or teams[-1]
+    try:
+        rng = np.random.default_rng(seed)
+        X = (rng.random((300, 784)) < 0.2).astype(np.uint8) * 255  # the sparse driver
+        net = fastnn.Network([784, 16, 10], seed=seed)
+        net.SGD((X, np.arange(300) % 10), 2, 10, 0.5, quiet=True)
+    finally:
+        rt._team_size = size
+    digest = hashlib.md5(net.parameters.tobytes()).hexdigest()
+    return numba.config.NUMBA_NUM_THREADS, max(teams), digest
+
+
+def test_loky_workers_keep_to_their_thread_budget():
+    """joblib gives each of n_jobs loky workers cpu_count // n_jobs threads through
+    NUMBA_NUM_THREADS; fastnn's teams stay within it, and train as they would alone."""
+    joblib = pytest.importorskip("joblib")
+    n_jobs = 2
+    budget = max(1, joblib.cpu_count() // n_jobs)
+    with joblib.parallel_config(backend="loky", n_jobs=n_jobs):
+        got = joblib.Parallel()(joblib.delayed(_train_in_worker)(s) for s in (0, 1))
+    for threads, team, _ in got:
+        assert threads == budget and 1 <= team <= budget
+    alone = [_train_in_worker(s)[2] for s in (0, 1)]
+    assert [d for _, _, d in got] == alone
