@@ -59,7 +59,7 @@ class InputsMixin:
             raise ValueError(f"{name} has values too large for {self.dtype.name}")
         return out
 
-    def _sparse_inputs(self, X, name):
+    def _sparse_inputs(self, X, name, indptr=None):
         """Validated inputs ``X`` (from ``_inputs(convert=False)``) in CSR form.
 
         Returns ``(indptr, indices, values)``: the non-zero values of row ``i``
@@ -69,7 +69,8 @@ class InputsMixin:
         array (uint8 pixels scaled to [0, 1]).  The dense working copy is
         never made, so the training set is copied once (except for dtypes the
         kernels do not take, such as float16 or non-native byte order, which
-        are converted to the working dtype first).
+        are converted to the working dtype first).  ``indptr``: the row
+        pointers of ``X`` if already counted (``kernels.count_nonzero_rows``).
         """
         if not (
             X.dtype.isnative
@@ -78,10 +79,11 @@ class InputsMixin:
             and X.dtype != np.float16
         ):
             X = self._working(X, name)
-        indptr, indices, values = kernels.csr_rows(X, self.dtype)
-        if X.dtype == np.uint8:
-            values /= 255
-        elif values.dtype != X.dtype and not np.isfinite(values).all():
+            indptr = None
+        pixels = X.dtype == np.uint8  # scaled to [0, 1] as _working scales them
+        table = np.arange(256).astype(self.dtype) / self.dtype.type(255) if pixels else None
+        indptr, indices, values = kernels.csr_rows(X, self.dtype, indptr, table)
+        if not pixels and values.dtype != X.dtype and not np.isfinite(values).all():
             raise ValueError(f"{name} has values too large for {self.dtype.name}")
         return indptr, indices, values
 

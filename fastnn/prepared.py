@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from . import kernels
+
 
 class PreparedData:
     """Training data validated once, with the forms the drivers train on made once each.
@@ -13,7 +15,7 @@ class PreparedData:
     def __init__(self, net, training_data):
         self.X, self.y = net._data(training_data, "training_data", convert=False)
         self.n_in, self.n_out, self.dtype = net._size_list[0], net._size_list[-1], net.dtype
-        self._density = self._csr = self._dense = None
+        self._density = self._csr = self._dense = self._indptr = None
 
     def check_fits(self, net):
         """Raise ``ValueError`` unless ``net`` has the input size, class count and dtype these
@@ -30,15 +32,22 @@ class PreparedData:
         return self.X.shape[0]
 
     def density(self):
-        """The fraction of non-zero inputs."""
+        """The fraction of non-zero inputs (counted per row, for the CSR form)."""
         if self._density is None:
-            self._density = np.count_nonzero(self.X) / self.X.size
+            X = self.X
+            if X.dtype.isnative and X.dtype.kind in "iuf" and X.dtype != np.float16:
+                self._indptr = np.empty(X.shape[0] + 1, np.int64)
+                nnz = kernels.count_nonzero_rows(X, self._indptr)
+            else:
+                nnz = np.count_nonzero(X)
+            self._density = nnz / X.size
         return self._density
 
     def csr(self, net):
         """The CSR form ``(indptr, indices, values)`` in the working dtype."""
         if self._csr is None:
-            self._csr = net._sparse_inputs(self.X, "training_data inputs")
+            self.density()
+            self._csr = net._sparse_inputs(self.X, "training_data inputs", self._indptr)
         return self._csr
 
     def dense(self, net):
