@@ -12,10 +12,10 @@ Shared by the kernels, the NumPy reference and the Python API.
 import numpy as np
 
 # codes used inside the kernels
-SIGMOID, RELU, TANH, SOFTMAX = 0, 1, 2, 3
+SIGMOID, RELU, TANH, SOFTMAX, IDENTITY = 0, 1, 2, 3, 4
 QUADRATIC, CROSS_ENTROPY, LOG_LOSS = 0, 1, 2
 
-HIDDEN_ACTIVATIONS = {"sigmoid": SIGMOID, "relu": RELU, "tanh": TANH}
+HIDDEN_ACTIVATIONS = {"sigmoid": SIGMOID, "relu": RELU, "tanh": TANH, "identity": IDENTITY}
 OUTPUT_ACTIVATIONS = {"sigmoid": SIGMOID, "softmax": SOFTMAX}
 COSTS = {"quadratic": QUADRATIC, "cross_entropy": CROSS_ENTROPY, "log_loss": LOG_LOSS}
 

@@ -26,6 +26,7 @@ from .layout import (
     COSTS,
     CROSS_ENTROPY,
     HIDDEN_ACTIVATIONS,
+    IDENTITY,
     LOG_LOSS,
     OUTPUT_ACTIVATIONS,
     QUADRATIC,
@@ -45,6 +46,8 @@ def activate(z, act):
         return np.maximum(z, 0)
     if act == TANH:
         return np.tanh(z)
+    if act == IDENTITY:
+        return z
     if act == SOFTMAX:
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
@@ -59,6 +62,8 @@ def derivative(a, act):
         return (a > 0).astype(a.dtype)
     if act == TANH:
         return 1 - a * a
+    if act == IDENTITY:
+        return np.ones_like(a)
     raise ValueError(f"no elementwise derivative for activation code {act}")
 
 

@@ -9,7 +9,7 @@ Activation codes come from :mod:`fastnn.layout`.
 import numpy as np
 from numba import njit
 
-from ..layout import CROSS_ENTROPY, QUADRATIC, RELU, SIGMOID, TANH
+from ..layout import CROSS_ENTROPY, IDENTITY, QUADRATIC, RELU, SIGMOID, TANH
 from ._jit import _0, _1, _dot_opts, _opts
 from ._llvm import _times_pow2
 
@@ -110,6 +110,8 @@ def _activate(a, act):
     elif act == TANH:
         for j in range(n):
             a[j] = np.tanh(a[j])
+    elif act == IDENTITY:
+        pass
     else:  # SOFTMAX
         zmax = a[0]
         for j in range(1, n):
@@ -133,6 +135,8 @@ def _derivative(a, act):
         return a * (_1 - a)
     elif act == RELU:
         return _1 if a > _0 else _0
+    elif act == IDENTITY:
+        return _1
     else:  # TANH
         return _1 - a * a
 
