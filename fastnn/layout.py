@@ -12,7 +12,7 @@ Shared by the kernels, the NumPy reference and the Python API.
 import numpy as np
 
 # codes used inside the kernels
-SIGMOID, RELU, TANH, SOFTMAX, IDENTITY = 0, 1, 2, 3, 4
+SIGMOID, RELU, TANH, SOFTMAX, IDENTITY, EXP = 0, 1, 2, 3, 4, 5  # EXP: output only
 QUADRATIC, CROSS_ENTROPY, LOG_LOSS = 0, 1, 2
 
 HIDDEN_ACTIVATIONS = {"sigmoid": SIGMOID, "relu": RELU, "tanh": TANH, "identity": IDENTITY}

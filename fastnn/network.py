@@ -451,10 +451,9 @@ class Network(InputsMixin):
             args = self._kernel_args()[:6]
             for i in range(n):
                 bad += kernels.forward_one(*args, X[i], A[i])
-        else:
-            ident = np.arange(n, dtype=np.int64)
+        else:  # every row the same way, whatever its place in X (see forward_rows)
             with runtime.parallel_section():
-                bad = kernels.forward(*self._kernel_args()[:6], X, ident, A, _PREDICT_BLOCK)
+                bad = kernels.forward_rows(*self._kernel_args()[:6], X, A, _PREDICT_BLOCK)
         if bad:
             self._raise_nonfinite(X, name, original)
         return A[:, self._aoff[-1] :]

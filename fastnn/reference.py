@@ -25,6 +25,7 @@ import numpy as np
 from .layout import (
     COSTS,
     CROSS_ENTROPY,
+    EXP,
     HIDDEN_ACTIVATIONS,
     IDENTITY,
     LOG_LOSS,
@@ -48,6 +49,8 @@ def activate(z, act):
         return np.tanh(z)
     if act == IDENTITY:
         return z
+    if act == EXP:
+        return np.exp(z)
     if act == SOFTMAX:
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)

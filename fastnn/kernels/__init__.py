@@ -11,7 +11,9 @@ module           defines
 ``activations``  vectorised ``exp``, activations, derivatives, output deltas
 ``dense``        blocked forward / gradient / backprop, the ``"samples"`` driver,
                  the full-batch gradient
-``inference``    forward pass of many samples, or of one
+``inference``    forward pass of many samples (each row the same way), or of one
+``optim``        the ``"optim"`` driver: momentum, Nesterov, Adam, sample weights,
+                 target matrices (scikit-learn's estimators, step for step)
 ``team``         joining a team and its spin barrier
 ``split``        the ``"split"`` driver (first layer by neuron pairs)
 ``hybrid``       the ``"hybrid"`` driver (first layer by neuron blocks)
@@ -89,7 +91,7 @@ from .dense import (  # noqa: E402
     update_blocks,
 )
 from .hybrid import HYBRID_BLOCK, HybridBuffers, hybrid_buffers, train_epoch_hybrid  # noqa: E402
-from .inference import forward, forward_one  # noqa: E402
+from .inference import forward, forward_one, forward_rows  # noqa: E402
 from .lanes import LANES  # noqa: E402
 from .select import DRIVERS, Driver, choose_driver, use_hybrid, use_neuron_split, use_sparse  # noqa: E402
 from .sparse import (  # noqa: E402
@@ -124,6 +126,7 @@ __all__ = [
     "csr_rows",
     "forward",
     "forward_one",
+    "forward_rows",
     "gradient",
     "hybrid_buffers",
     "line_aligned_empty",

@@ -9,7 +9,7 @@ Activation codes come from :mod:`fastnn.layout`.
 import numpy as np
 from numba import njit
 
-from ..layout import CROSS_ENTROPY, IDENTITY, QUADRATIC, RELU, SIGMOID, TANH
+from ..layout import CROSS_ENTROPY, EXP, IDENTITY, QUADRATIC, RELU, SIGMOID, TANH
 from ._jit import _0, _1, _dot_opts, _opts
 from ._llvm import _times_pow2
 
@@ -112,6 +112,8 @@ def _activate(a, act):
             a[j] = np.tanh(a[j])
     elif act == IDENTITY:
         pass
+    elif act == EXP:
+        _exp_inplace(a, False)
     else:  # SOFTMAX
         zmax = a[0]
         for j in range(1, n):

@@ -6,6 +6,7 @@ Python layer can reject NaN/inf input without a separate pass over ``X``
 and no layer's overflow reaches the user as NaN outputs.
 """
 
+import numpy as np
 from numba import njit, prange
 
 from ._jit import _0, _dot_opts, _opts
@@ -28,6 +29,36 @@ def forward(theta, sizes, offs, aoff, hid, out, X, ident, A, block):
         s0 = bi * block
         s1 = min(s0 + block, n)
         bad += _forward_chunk(theta, sizes, offs, aoff, hid, out, X, ident, ident, A, s0, s1)
+    return bad
+
+
+ROW_BLOCK = 8  # the forward kernels' widest block of samples
+
+
+def forward_rows(theta, sizes, offs, aoff, hid, out, X, A, block):
+    """:func:`forward` of all rows of ``X`` into ``A``, each row computed the same way.
+
+    The forward kernels take blocks of eight samples, then four, then one,
+    and the blocks round differently (their sums vectorise differently), so
+    a row's last bits would depend on its place in ``X``: predictions would
+    change with the sample order or the batch a row arrives in.  Here every
+    row goes through the eight-sample block: the rows past the last multiple
+    of eight are run in a zero-padded block of eight.  Returns the count of
+    non-finite values met, as :func:`forward` does.
+    """
+    n = X.shape[0]
+    head = n - n % ROW_BLOCK
+    bad = 0
+    if head:
+        ident = np.arange(head, dtype=np.int64)
+        bad += forward(theta, sizes, offs, aoff, hid, out, X[:head], ident, A[:head], block)
+    if head < n:
+        pad = np.zeros((ROW_BLOCK, X.shape[1]), X.dtype)
+        pad[: n - head] = X[head:]
+        Ap = np.empty((ROW_BLOCK, A.shape[1]), A.dtype)
+        ident = np.arange(ROW_BLOCK, dtype=np.int64)
+        bad += forward(theta, sizes, offs, aoff, hid, out, pad, ident, Ap, block)
+        A[head:] = Ap[: n - head]
     return bad
 
 

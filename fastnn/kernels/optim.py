@@ -6,7 +6,8 @@ What scikit-learn's ``MLPClassifier``/``MLPRegressor`` compute, step for step
 
 * targets are a matrix ``T`` (one-hot classes, label indicators or values)
   and the output delta is ``w_i (a - t)`` for the canonical pairs softmax +
-  log-loss, logistic + binary log-loss and identity + squared error;
+  log-loss, logistic + binary log-loss, identity + squared error and exp +
+  Poisson deviance;
 * the gradient of a step is ``(sum_i w_i grad_i + alpha W) / S`` with ``S``
   the sum of the step's sample weights (its size when unweighted); biases
   get no ``alpha`` term;
@@ -29,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from ..layout import SIGMOID, SOFTMAX, layer_offsets
+from ..layout import EXP, SIGMOID, SOFTMAX, layer_offsets
 from ._jit import _opts
 from .dense import (
     MAX_CHUNKS,
@@ -53,7 +54,8 @@ def _target_deltas(sizes, aoff, out, T, w, rows, A, D, s0, s1):
 
     The loss matches scikit-learn's: log-loss for softmax, binary log-loss for
     the logistic output (probabilities clipped to ``[eps, 1-eps]``), half the
-    mean squared error over the outputs for the identity output.
+    mean squared error over the outputs for the identity output, half the
+    Poisson deviance ``t log(t/a) - t + a`` for the exp output.
     """
     L = sizes.shape[0] - 1
     c0 = aoff[L - 1]
@@ -78,6 +80,11 @@ def _target_deltas(sizes, aoff, out, T, w, rows, A, D, s0, s1):
                     c -= t[j] * np.log(p)
                 if t[j] != 1:
                     c -= (1 - np.float64(t[j])) * np.log(1 - p)
+            elif out == EXP:  # Poisson deviance
+                tj = np.float64(t[j])
+                if tj != 0:
+                    c += tj * np.log(tj / a[j])
+                c += np.float64(a[j]) - tj
             else:  # identity, squared error
                 e = np.float64(a[j]) - t[j]
                 c += 0.5 * e * e / n
@@ -168,6 +175,8 @@ def optim_step(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, opt, hype
     s = 0.0
     for i in range(m):
         s += w[rows[i]]
+    if s == 0:  # all weights zero: the deltas, so the chunk gradients, are all zero
+        return 0.0  # a step that changes nothing (scikit-learn would divide by zero)
     hyper[STEP] += 1
     lr_t = hyper[LR]
     if opt == ADAM:
@@ -208,6 +217,54 @@ def train_epoch_optim(theta, sizes, offs, aoff, hid, out, X, T, w, perm, m, buf,
         )
         total += loss * (b1 - b0)
     return total
+
+
+@njit(parallel=True, **_opts)
+def objective(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, alpha, grad):
+    """scikit-learn's full-batch loss of ``X`` (returned) and its gradient (into ``grad``).
+
+    What ``solver='lbfgs'`` minimises: the weighted mean loss plus
+    ``alpha/2 |W|^2 / sum(w)``, over ``X[rows]`` (``rows``: ``arange(len(X))``
+    for the whole set).  Rows go through in slices of the buffers'
+    batch size; each slice's chunks add into the same chunk gradients, which
+    are summed in chunk order at the end (fixed chunks: bit-identical for
+    any thread count).  ``theta`` is not changed.
+    """
+    ident, A, D, G, blocks, stats, sq = buf
+    n = rows.shape[0]
+    m = A.shape[0]
+    nc = MAX_CHUNKS
+    total = 0.0
+    for b0 in range(0, n, m):
+        b1 = min(b0 + m, n)
+        part = rows[b0:b1]
+        mb = b1 - b0
+        k = min(nc, mb)
+        for c in prange(k):
+            s0 = c * mb // k
+            s1 = (c + 1) * mb // k
+            stats[c, 0] = _chunk_gradient_targets(
+                theta, sizes, offs, aoff, hid, out, X, T, w, part, ident, A, D, G, c, s0, s1
+            )
+        for c in range(k):
+            total += stats[c, 0]
+    s = 0.0
+    for i in range(n):
+        s += w[rows[i]]
+    l2 = 0.0
+    for bi in range(blocks.shape[0]):
+        lo, hi, is_w = blocks[bi, 0], blocks[bi, 1], blocks[bi, 2]
+        for p in range(lo, hi):
+            g = G[0, p]
+            G[0, p] = 0
+            for c in range(1, nc):
+                g += G[c, p]
+                G[c, p] = 0
+            if is_w:
+                l2 += np.float64(theta[p]) * theta[p]
+                g += alpha * theta[p]
+            grad[p] = g / s
+    return total / s + 0.5 * alpha * l2 / s
 
 
 class OptimBuffers(NamedTuple):
