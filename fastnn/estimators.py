@@ -37,7 +37,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from . import runtime
+from . import kernels, runtime
 from .kernels import optim
 from .kernels.inference import forward_rows
 from .layout import (
@@ -325,25 +325,14 @@ class _BaseMLP(BaseEstimator):
         buf = optim.optim_buffers(self._sizes, m, self._theta.dtype)
         args = self._kernel_args()
         opt = optim.ADAM if self.solver == "adam" else optim.SGD
+        inputs = self._sparse_inputs(X)
         sample_idx = np.arange(n, dtype=np.int64)
         self.n_iter_ = 0  # as scikit-learn: the epochs of this call
         try:
             for _ in range(self.max_iter):
                 if self.shuffle:
                     sample_idx = _shuffle(sample_idx, random_state=self._random_state)
-                total = self._run(
-                    optim.train_epoch_optim,
-                    *args,
-                    X,
-                    T,
-                    w,
-                    sample_idx,
-                    m,
-                    buf,
-                    opt,
-                    self._hyper,
-                    self._state,
-                )
+                total = self._epoch(args, inputs, T, w, sample_idx, m, buf, opt)
                 self.n_iter_ += 1
                 self.loss_ = total / n
                 self.t_ += n
@@ -375,6 +364,45 @@ class _BaseMLP(BaseEstimator):
             warnings.warn("Training interrupted by user.", stacklevel=4)
         if early_stopping:
             self._theta[:] = self._best_theta
+
+    def _sparse_inputs(self, X):
+        """``X`` in CSR form when it is sparse enough for the CSR path (at most
+        ``kernels.SPARSE_MAX_DENSITY`` non-zero, a hidden layer), else ``X``."""
+        if len(self._sizes) < 3:
+            return X
+        indptr = np.empty(X.shape[0] + 1, np.int64)
+        nnz = kernels.count_nonzero_rows(X, indptr)
+        if nnz > kernels.SPARSE_MAX_DENSITY * X.size:
+            return X
+        return kernels.csr_rows(X, self._dtype(), indptr)
+
+    def _epoch(self, args, inputs, T, w, perm, m, buf, opt):
+        """One compiled epoch; returns the sum of step losses x step sizes.  With CSR
+        ``inputs`` the first layer's weights and optimiser state are transposed for the
+        epoch and back (see :func:`fastnn.kernels.optim.train_epoch_optim`)."""
+        sparse = isinstance(inputs, tuple)
+        vectors = (self._theta, self._state[0], self._state[1])
+        if sparse:
+            for v in vectors:
+                optim.transpose_first_layer(v, self._sizes, True)
+        try:
+            return self._run(
+                optim.train_epoch_optim,
+                *args,
+                inputs,
+                T,
+                w,
+                perm,
+                m,
+                buf,
+                opt,
+                self._hyper,
+                self._state,
+            )
+        finally:
+            if sparse:
+                for v in vectors:
+                    optim.transpose_first_layer(v, self._sizes, False)
 
     def _stop(self, msg):
         """scikit-learn's ``trigger_stopping``: stop, or (adaptive SGD) divide the rate by 5."""

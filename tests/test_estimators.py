@@ -266,3 +266,26 @@ def test_read_only_memmap_float32_inputs(tmp_path):
         a = MLPClassifier(max_iter=5, random_state=0).fit(Xm, y)
         b = MLPClassifier(max_iter=5, random_state=0).fit(np.array(Xm), y)
     assert np.array_equal(a.predict_proba(Xm), b.predict_proba(Xm))
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_mostly_zero_inputs_take_the_csr_path_and_fit_as_scikit_learn_does(solver, monkeypatch):
+    """MNIST-like inputs (80% zeros) train through the CSR path (first layer transposed)."""
+    rng = np.random.default_rng(0)
+    X = rng.random((500, 60)) * (rng.random((500, 60)) < 0.2)
+    y = (X[:, :30].sum(axis=1) > X[:, 30:].sum(axis=1)).astype(int) + 2 * (X[:, 0] > 0)
+    seen = []
+    real = MLPClassifier._epoch
+    monkeypatch.setattr(
+        MLPClassifier,
+        "_epoch",
+        lambda self, a, inputs, *k: seen.append(type(inputs)) or real(self, a, inputs, *k),
+    )
+    kw = dict(hidden_layer_sizes=(24, 8), max_iter=15, random_state=0, solver=solver, batch_size=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        want = sknn.MLPClassifier(**kw).fit(X, y)
+        got = MLPClassifier(dtype="float64", **kw).fit(X, y)
+    assert seen and all(t is tuple for t in seen)
+    assert _max_diff(got, want) < 1e-10
+    np.testing.assert_allclose(got.loss_curve_, want.loss_curve_, rtol=1e-9)

@@ -93,7 +93,15 @@ from .dense import (  # noqa: E402
 from .hybrid import HYBRID_BLOCK, HybridBuffers, hybrid_buffers, train_epoch_hybrid  # noqa: E402
 from .inference import forward, forward_one, forward_rows  # noqa: E402
 from .lanes import LANES  # noqa: E402
-from .select import DRIVERS, Driver, choose_driver, use_hybrid, use_neuron_split, use_sparse  # noqa: E402
+from .select import (  # noqa: E402
+    DRIVERS,
+    SPARSE_MAX_DENSITY,
+    Driver,
+    choose_driver,
+    use_hybrid,
+    use_neuron_split,
+    use_sparse,
+)
 from .sparse import (  # noqa: E402
     SparseBuffers,
     count_nonzero_rows,
@@ -120,6 +128,7 @@ __all__ = [
     "SparseBuffers",
     "SplitBuffers",
     "choose_driver",
+    "SPARSE_MAX_DENSITY",
     "chunk_count",
     "clear_cache",
     "count_nonzero_rows",
