@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import reference
+from .bench_estimators import estimator_runs
 from .bench_peers import jax_contender, sklearn_contender, torch_contender
 from .bench_pipeline import (
     busy_processes,
@@ -463,6 +464,16 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
                     run = TRAIN_CONTENDERS[cname](w, data, None)
                 record("W1-batch", cname, batch, run, flops)
 
+    if (not workloads or {"W5", "W6"} & set(workloads)) and (
+        not contenders or {"fastnn-est", "sklearn-est"} & set(contenders)
+    ):
+        try:
+            import sklearn  # noqa: F401
+
+            results += estimator_runs(data, quick, min(rounds, 3), 4 * budget, log)
+        except ImportError as e:
+            skipped.append(dict(workload="W5", contender="sklearn-est", reason=str(e)))
+
     if not workloads or "W4" in workloads:
         for (wname, cname), run in inference_runs(data, 200 if quick else 1000).items():
             if contenders and cname not in contenders:
@@ -581,8 +592,8 @@ def main(args):
 def _check_args(args):
     """What is wrong with the bench command's arguments (before anything runs), or None."""
     for flag, value, known in (
-        ("--workloads", args.workloads, ("W1", "W2", "W3", "W4")),
-        ("--contenders", args.contenders, tuple(TRAIN_CONTENDERS)),
+        ("--workloads", args.workloads, ("W1", "W2", "W3", "W4", "W5", "W6")),
+        ("--contenders", args.contenders, (*TRAIN_CONTENDERS, "fastnn-est", "sklearn-est")),
     ):
         unknown = [v for v in (value or "").split(",") if value and v not in known]
         if unknown:
@@ -630,7 +641,7 @@ def add_parser(sub):
         default=None,
         help="comma-separated subset of: " + ",".join(TRAIN_CONTENDERS),
     )
-    p.add_argument("--workloads", default=None, help="comma-separated subset of W1,W2,W3,W4")
+    p.add_argument("--workloads", default=None, help="comma-separated subset of W1,W2,W3,W4,W5,W6")
     p.add_argument(
         "--no-compile",
         action="store_true",

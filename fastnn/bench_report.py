@@ -6,6 +6,8 @@ Each function takes the report dict that :func:`fastnn.bench.run_suite` returns
 
 import time
 
+from .bench_estimators import estimator_summary
+
 
 def format_table(report):
     head = (
@@ -54,6 +56,12 @@ _ROW_LABELS = {
     ("W1-calls", "sgd-1x10"): "`SGD`, one call of 10 epochs (per epoch)",
     ("W1-calls", "sgd-10x1"): "`SGD`, 10 calls of one epoch (per epoch)",
     ("W1-calls", "sgd-10x1-prep"): "`SGD` on `prepare`d data, 10 calls (per epoch)",
+    ("W5", "fastnn-est"): "`fastnn.MLPClassifier.fit`",
+    ("W5", "sklearn-est"): "scikit-learn `MLPClassifier.fit`",
+    ("W6", "fastnn-est"): "`fastnn.MLPClassifier.fit`",
+    ("W6", "sklearn-est"): "scikit-learn `MLPClassifier.fit`",
+    ("W1-est", "fastnn-est"): "`fastnn.MLPClassifier.fit` (sgd, W1's network)",
+    ("W1-est", "network-sgd"): "`Network.SGD` (log-loss, same network and batch)",
     ("W4-batch", "fastnn-f32"): "fastnn, 10,000 images in one call",
     ("W4-batch", "reference"): "reference, one BLAS product per layer",
     ("W4-single", "fastnn-f32"): "fastnn, one image per call",
@@ -116,7 +124,7 @@ def format_markdown(report):
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     order = ["W1", "W1-calls", "W1-busy1", "W1-busy2", "W2", "W2-busy1", "W2-busy2"]
-    order += ["W3", "W3-busy1", "W3-busy2", "W4-batch", "W4-single"]
+    order += ["W3", "W3-busy1", "W3-busy2", "W4-batch", "W4-single", "W5", "W6", "W1-est"]
     rows = [r for r in res if r["workload"].split("-threads")[0] in order]
     rows.sort(
         key=lambda r: (
@@ -127,7 +135,7 @@ def format_markdown(report):
     )
     for r in rows:
         sp = f"{r['speedup']:.2f}x" if r["speedup"] else ""
-        note = r["note"] if r["contender"].startswith(("fastnn", "sgd")) else ""
+        note = r["note"] if r["contender"].startswith(("fastnn", "sgd", "sklearn-est")) else ""
         lines.append(
             f"| {r['workload'].split('-threads')[0]} | {_label(r, cores)} | "
             f"{r['median_s']:.4g} | {sp} | {r['gflops']:.1f} | {note} |"
@@ -138,6 +146,7 @@ def format_markdown(report):
             f"| | | skipped: {sk['reason']} |"
         )
     lines += _busy_summary(res)
+    lines += estimator_summary(res)
     w1 = {r["contender"]: r["median_s"] for r in res if r["workload"] == "W1"}
     if "fastnn-f32" in w1 and "per-sample" in w1:
         lines += [
