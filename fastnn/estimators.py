@@ -377,32 +377,11 @@ class _BaseMLP(BaseEstimator):
         return kernels.csr_rows(X, self._dtype(), indptr)
 
     def _epoch(self, args, inputs, T, w, perm, m, buf, opt):
-        """One compiled epoch; returns the sum of step losses x step sizes.  With CSR
-        ``inputs`` the first layer's weights and optimiser state are transposed for the
-        epoch and back (see :func:`fastnn.kernels.optim.train_epoch_optim`)."""
-        sparse = isinstance(inputs, tuple)
-        vectors = (self._theta, self._state[0], self._state[1])
-        if sparse:
-            for v in vectors:
-                optim.transpose_first_layer(v, self._sizes, True)
-        try:
-            return self._run(
-                optim.train_epoch_optim,
-                *args,
-                inputs,
-                T,
-                w,
-                perm,
-                m,
-                buf,
-                opt,
-                self._hyper,
-                self._state,
-            )
-        finally:
-            if sparse:
-                for v in vectors:
-                    optim.transpose_first_layer(v, self._sizes, False)
+        """One compiled epoch (:func:`fastnn.kernels.optim.run_epoch`); returns the sum of
+        step losses x step sizes."""
+        return self._run(
+            optim.run_epoch, args, inputs, T, w, perm, m, buf, opt, self._hyper, self._state
+        )[0]
 
     def _stop(self, msg):
         """scikit-learn's ``trigger_stopping``: stop, or (adaptive SGD) divide the rate by 5."""

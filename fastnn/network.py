@@ -27,6 +27,7 @@ import numpy.typing as npt
 from . import kernels, runtime
 from ._checks import _check_choice, _layer_sizes, _positive_int, _positive_real
 from ._inputs import InputsMixin
+from .kernels import optim
 from .layout import (
     COSTS,
     HIDDEN_ACTIVATIONS,
@@ -45,6 +46,30 @@ History = dict[str, list[Any]]
 _INITS = ("standard", "scaled")
 _DTYPES = (np.float32, np.float64)
 _PREDICT_BLOCK = 64
+
+
+def _optimizer_settings(optimizer, momentum, nesterov, betas, eps):
+    """Validated optimiser settings as a tuple, or None for plain SGD (the fast drivers)."""
+    optimizer = _check_choice("optimizer", optimizer, ("sgd", "adam"))
+    momentum = _positive_real("momentum", momentum, allow_zero=True)
+    if momentum >= 1:
+        raise ValueError(f"momentum must be below 1, got {momentum!r}")
+    if not isinstance(nesterov, (bool, np.bool_)):
+        raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
+    if nesterov and momentum == 0:
+        raise ValueError("nesterov=True needs a momentum above 0")
+    if optimizer == "adam" and momentum:
+        raise ValueError("momentum is for optimizer='sgd'; Adam has betas")
+    try:
+        b1, b2 = (float(b) for b in betas)
+    except (TypeError, ValueError):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}") from None
+    if not (0 <= b1 < 1 and 0 <= b2 < 1):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+    eps = _positive_real("eps", eps)
+    if optimizer == "sgd" and momentum == 0:
+        return None
+    return optimizer, momentum, bool(nesterov), (b1, b2), eps
 
 
 class Network(InputsMixin):
@@ -115,6 +140,7 @@ class Network(InputsMixin):
         self.dtype = np.dtype(dtype)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
+        self._optim_state = None  # (settings, hyper-parameters, state) of momentum/Adam
 
         self._offs, n_params = layer_offsets(sizes)
         self._sizes = np.array(sizes, dtype=np.int64)
@@ -217,6 +243,11 @@ class Network(InputsMixin):
         quiet: bool = False,
         threads: int | None = None,
         *,
+        optimizer: str = "sgd",
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
         _driver: str | None = None,
     ) -> History:
         """Train by mini-batch stochastic gradient descent.
@@ -235,6 +266,15 @@ class Network(InputsMixin):
         processes, parts of an epoch run on one thread when that is faster
         (:class:`fastnn.runtime.ThreadTuner`).
 
+        Optimisers (one engine with :class:`fastnn.MLPClassifier`): with
+        ``momentum`` > 0, ``v <- momentum*v - eta*g; W <- W + v`` (with
+        ``nesterov``, ``W <- W + momentum*v - eta*g``); ``optimizer="adam"``
+        is Adam with ``betas`` and ``eps`` (``eta`` is its learning rate).
+        ``g`` includes ``weight_decay * W``.  Both need the log_loss (softmax)
+        or cross_entropy (sigmoid) cost.  Their state (velocity, moments, step
+        count) is kept between ``SGD`` calls with the same optimiser settings
+        and starts afresh when they change (or after :meth:`reset_optimizer`).
+
         Returns a dict of per-epoch lists: ``epoch``, ``train_cost`` (mean
         cost of the samples, each measured on its mini-batch just before that
         mini-batch's update), ``train_accuracy`` (measured the same way),
@@ -242,7 +282,11 @@ class Network(InputsMixin):
         ``seconds`` (training time of the epoch, evaluation excluded).
         """
         epochs = _positive_int("epochs", epochs)
-        X, y, run_epoch = self._trainer(training_data, mini_batch_size, eta, _driver)
+        opt = _optimizer_settings(optimizer, momentum, nesterov, betas, eps)
+        if opt is None:
+            X, y, run_epoch = self._trainer(training_data, mini_batch_size, eta, _driver)
+        else:
+            X, y, run_epoch = self._optim_trainer(training_data, mini_batch_size, eta, opt)
         test = self._data(test_data, "test_data") if test_data is not None else None
         n = X.shape[0]
         limit = self._explosion_limit(X, y)
@@ -307,6 +351,57 @@ class Network(InputsMixin):
                     if not quiet:
                         print(f"Epoch {epoch} complete  ({seconds:.3f} s)", flush=True)
         return history
+
+    def reset_optimizer(self) -> None:
+        """Forget the momentum or Adam state kept between ``SGD`` calls."""
+        self._optim_state = None
+
+    def _optim_trainer(self, training_data, mini_batch_size, eta, opt):
+        """``_trainer`` for momentum and Adam: the ``"optim"`` driver
+        (:mod:`fastnn.kernels.optim`), CSR inputs when they are mostly zero."""
+        m = _positive_int("mini_batch_size", mini_batch_size)
+        eta = _positive_real("eta", eta)
+        if self.cost_name == "quadratic":
+            raise ValueError(
+                "momentum and Adam train the log_loss (softmax) or cross_entropy (sigmoid) "
+                "cost; this network has the quadratic cost"
+            )
+        if isinstance(training_data, PreparedData):
+            prep = training_data
+            prep.check_fits(self)
+        else:
+            prep = PreparedData(self, training_data)
+        X, y = prep.X, prep.y
+        m = min(m, X.shape[0])
+        sparse = len(self._size_list) >= 3 and prep.density() <= kernels.SPARSE_MAX_DENSITY
+        inputs = prep.csr(self) if sparse else prep.dense(self)
+        T = np.zeros((X.shape[0], self._size_list[-1]), self.dtype)
+        T[np.arange(X.shape[0]), y] = 1
+        w = np.ones(X.shape[0], self.dtype)
+        key = (opt, self.dtype.str)
+        if self._optim_state is None or self._optim_state[0] != key:
+            state = np.zeros((2, self.n_params), self.dtype)
+            self._optim_state = (key, np.zeros(optim.N_HYPER), state)
+        _, hyper, state = self._optim_state
+        kind, momentum, nesterov, (b1, b2), eps = opt
+        hyper[[optim.LR, optim.DECAY, optim.MOMENTUM, optim.NESTEROV]] = (
+            eta,
+            self.weight_decay,
+            momentum,
+            nesterov,
+        )
+        hyper[[optim.BETA1, optim.BETA2, optim.EPSILON]] = b1, b2, eps
+        code = optim.ADAM if kind == "adam" else optim.SGD
+        buf = optim.optim_buffers(self._size_list, m, self.dtype)
+        args = self._kernel_args()[:6]
+
+        def run_epoch(perm, tune=True):
+            runtime._check_not_forked()
+            with runtime.parallel_section():
+                return optim.run_epoch(args, inputs, T, w, perm, m, buf, code, hyper, state)
+
+        run_epoch.driver = "optim"
+        return X, y, run_epoch
 
     def _explosion_limit(self, X, y):
         """Mean training cost above which an epoch counts as diverged; None for the quadratic

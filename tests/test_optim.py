@@ -35,7 +35,7 @@ def _one_epoch_fastnn(theta, sizes, hidden, out, X, T, w, batch, opt, hyper):
     theta = theta.copy()
     buf = optim.optim_buffers(sizes, batch, np.float64)
     state = np.zeros((2, n))
-    loss = optim.train_epoch_optim(
+    loss, _ = optim.train_epoch_optim(
         theta,
         np.array(sizes, np.int64),
         offs,
@@ -127,3 +127,114 @@ def test_one_epoch_matches_scikit_learn(kind, kwargs, targets, weighted):
     assert np.abs(want - theta0).max() > 1e-3  # the epoch moved the weights
     np.testing.assert_allclose(theta, want, rtol=0, atol=1e-10)
     assert loss == pytest.approx(est.loss_, rel=1e-10)
+
+
+# ----------------------------------------------------------------------------- Network.SGD
+
+
+def _network_and_twin(sizes, seed, **kw):
+    from fastnn import Network
+
+    net = Network(sizes, cost="log_loss", dtype="float64", seed=seed, **kw)
+    twin = Network(sizes, cost="log_loss", dtype="float64", seed=seed, **kw)
+    return net, twin
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(momentum=0.9),
+        dict(momentum=0.5, nesterov=True),
+        dict(optimizer="adam"),
+        dict(optimizer="adam", betas=(0.8, 0.99), eps=1e-6),
+    ],
+)
+@pytest.mark.parametrize("density", [1.0, 0.15])  # dense path, CSR path
+def test_network_optimizers_match_scikit_learn(settings, density):
+    """Network.SGD(momentum=..., optimizer='adam') runs the same engine: one epoch equals
+    scikit-learn's on the same order of samples (Network's own shuffle), weights included."""
+    rng = np.random.default_rng(1)
+    n, m, sizes = 240, 20, [30, 12, 4]
+    X = rng.random((n, 30)) * (rng.random((n, 30)) < density)
+    y = np.arange(n) % 4
+    decay = 1e-3
+    net, twin = _network_and_twin(sizes, 7, weight_decay=decay)
+    perm = twin._rng.permutation(n)  # the order Network's first epoch will use
+    theta0 = net.parameters.copy()
+    eta = 0.05
+    net.SGD((X, y), 1, m, eta, quiet=True, **settings)
+    est = sknn.MLPClassifier(
+        hidden_layer_sizes=(12,),
+        activation="logistic",
+        solver="adam" if settings.get("optimizer") == "adam" else "sgd",
+        momentum=settings.get("momentum", 0.9),
+        nesterovs_momentum=settings.get("nesterov", False),
+        beta_1=settings.get("betas", (0.9, 0.999))[0],
+        beta_2=settings.get("betas", (0.9, 0.999))[1],
+        epsilon=settings.get("eps", 1e-8),
+        alpha=decay * m,  # scikit-learn's L2 term is alpha W / batch size
+        batch_size=m,
+        learning_rate_init=eta,
+        shuffle=False,
+        max_iter=1,
+        warm_start=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+        W, b = twin.weights, twin.biases
+        est.coefs_ = [w.T.copy() for w in W]
+        est.intercepts_ = [v.copy() for v in b]
+        est.fit(X[perm], y[perm])
+    assert np.abs(net.parameters - theta0).max() > 1e-3
+    np.testing.assert_allclose(net.parameters, _flat(est.coefs_, est.intercepts_), atol=1e-10)
+
+
+def test_network_optimizer_state_carries_over_calls():
+    rng = np.random.default_rng(2)
+    X = (rng.random((500, 64)) < 0.2) * rng.random((500, 64))
+    y = rng.integers(0, 5, 500)
+    for settings in (dict(momentum=0.9, nesterov=True), dict(optimizer="adam")):
+        a, b = _network_and_twin([64, 20, 5], 3)
+        a.SGD((X, y), 2, 25, 0.01, quiet=True, **settings)
+        b.SGD((X, y), 1, 25, 0.01, quiet=True, **settings)
+        b.SGD((X, y), 1, 25, 0.01, quiet=True, **settings)
+        assert np.array_equal(a.parameters, b.parameters)
+        c, _ = _network_and_twin([64, 20, 5], 3)  # the same two epochs, state dropped between
+        c.SGD((X, y), 1, 25, 0.01, quiet=True, **settings)
+        c.reset_optimizer()
+        c.SGD((X, y), 1, 25, 0.01, quiet=True, **settings)
+        assert not np.array_equal(a.parameters, c.parameters)
+
+
+def test_network_optimizers_are_bit_identical_across_threads():
+    import numba
+
+    rng = np.random.default_rng(4)
+    X = (rng.random((3000, 100)) < 0.2).astype(np.uint8) * 255
+    y = rng.integers(0, 10, 3000)
+    got = []
+    for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+        net, _ = _network_and_twin([100, 40, 10], 0)
+        net.SGD((X, y), 2, 32, 0.01, quiet=True, threads=threads, optimizer="adam")
+        got.append(net.parameters.copy())
+    assert all(np.array_equal(got[0], g) for g in got)
+
+
+def test_network_optimizer_errors_name_the_problem():
+    from fastnn import Network
+
+    X, y = np.random.default_rng(0).random((20, 4)), np.arange(20) % 2
+    net = Network([4, 3, 2], cost="log_loss")
+    with pytest.raises(ValueError, match="quadratic cost"):
+        Network([4, 3, 2]).SGD((X, y), 1, 5, 0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        net.SGD((X, y), 1, 5, 0.1, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="momentum must be below 1"):
+        net.SGD((X, y), 1, 5, 0.1, momentum=1.0)
+    with pytest.raises(ValueError, match="nesterov=True needs a momentum"):
+        net.SGD((X, y), 1, 5, 0.1, nesterov=True)
+    with pytest.raises(ValueError, match="Adam has betas"):
+        net.SGD((X, y), 1, 5, 0.1, optimizer="adam", momentum=0.9)
+    with pytest.raises(ValueError, match="betas must be two numbers"):
+        net.SGD((X, y), 1, 5, 0.1, optimizer="adam", betas=(0.9, 1.0))

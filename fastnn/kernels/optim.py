@@ -46,13 +46,16 @@ from .dense import (
 
 # optimisers and the hyper-parameter vector ``hyper`` (float64)
 SGD, ADAM = 0, 1
-LR, ALPHA, MOMENTUM, NESTEROV, BETA1, BETA2, EPSILON, STEP = range(8)
-N_HYPER = 8
+# ALPHA: scikit-learn's L2 term, alpha W / S; DECAY: Network's weight decay, added per step
+LR, ALPHA, MOMENTUM, NESTEROV, BETA1, BETA2, EPSILON, STEP, DECAY = range(9)
+N_HYPER = 9
+SERIAL_STEP = 1 << 20  # steps of fewer samples x parameters run in one chunk, serially
 
 
 @njit(**_opts)
 def _target_deltas(sizes, aoff, out, T, w, rows, A, D, s0, s1):
-    """Output deltas ``w_i (a - t)`` of samples ``s0:s1``; returns their weighted loss sum.
+    """Output deltas ``w_i (a - t)`` of samples ``s0:s1``; returns their weighted loss sum and
+    the number whose largest output is where their target's largest value is.
 
     The loss matches scikit-learn's: log-loss for softmax, binary log-loss for
     the logistic output (probabilities clipped to ``[eps, 1-eps]``), half the
@@ -64,6 +67,7 @@ def _target_deltas(sizes, aoff, out, T, w, rows, A, D, s0, s1):
     n = sizes[L]
     eps = np.finfo(A.dtype).eps
     total = 0.0
+    correct = 0
     for i in range(s0, s1):
         r = rows[i]
         a = A[i, c0 : c0 + n]
@@ -71,7 +75,13 @@ def _target_deltas(sizes, aoff, out, T, w, rows, A, D, s0, s1):
         t = T[r]
         wi = w[r]
         c = 0.0
+        best_a = 0
+        best_t = 0
         for j in range(n):
+            if a[j] > a[best_a]:
+                best_a = j
+            if t[j] > t[best_t]:
+                best_t = j
             d[j] = (a[j] - t[j]) * wi
             if out == SOFTMAX:
                 if t[j] != 0:
@@ -91,7 +101,8 @@ def _target_deltas(sizes, aoff, out, T, w, rows, A, D, s0, s1):
                 e = np.float64(a[j]) - t[j]
                 c += 0.5 * e * e / n
         total += wi * c
-    return total
+        correct += best_a == best_t
+    return total, correct
 
 
 @njit(**_opts)
@@ -103,7 +114,7 @@ def _chunk_gradient_targets(
     L = sizes.shape[0] - 1
     g = G[gc]
     _forward_chunk(theta, sizes, offs, aoff, hid, out, X, rows, ident, A, s0, s1)
-    total = _target_deltas(sizes, aoff, out, T, w, rows, A, D, s0, s1)
+    total, correct = _target_deltas(sizes, aoff, out, T, w, rows, A, D, s0, s1)
     for l in range(L - 1, -1, -1):
         n_in, n_out = sizes[l], sizes[l + 1]
         boff = offs[l] + n_in * n_out
@@ -112,7 +123,7 @@ def _chunk_gradient_targets(
         else:
             _dense_grad(g, offs[l], boff, n_in, n_out, D, aoff[l], A, ident, aoff[l - 1], s0, s1)
             _dense_backprop(theta, offs[l], n_in, n_out, D, aoff[l], A, aoff[l - 1], hid, s0, s1)
-    return total
+    return total, correct
 
 
 @njit(**_opts)
@@ -171,28 +182,33 @@ def _chunk_gradient_sparse(
         act = out if l == L - 1 else hid
         for i in range(s0, s1):
             _activate(A[i, aoff[l] : aoff[l] + n_out], act)
-    total = _target_deltas(sizes, aoff, out, T, w, rows, A, D, s0, s1)
+    total, correct = _target_deltas(sizes, aoff, out, T, w, rows, A, D, s0, s1)
     for l in range(L - 1, 0, -1):
         n_in, n_out = sizes[l], sizes[l + 1]
         boff = offs[l] + n_in * n_out
         _dense_grad(g, offs[l], boff, n_in, n_out, D, aoff[l], A, ident, aoff[l - 1], s0, s1)
         _dense_backprop(P, offs[l], n_in, n_out, D, aoff[l], A, aoff[l - 1], hid, s0, s1)
     _sparse_first_grad(g, n1, b0, indptr, indices, values, rows, D, s0, s1)
-    return total
+    return total, correct
 
 
 @njit(**_opts)
 def optim_chunks(m, n_params):
     """Chunks a mini-batch of ``m`` is cut into (never the thread count, so results do not
-    depend on it): chunks of at least ``n_params // 1024`` samples, but at least two chunks
-    from eight samples on.
+    depend on it): one, run serially, for steps of fewer than ``SERIAL_STEP`` samples x
+    parameters; else chunks of at least ``n_params // 1024`` samples, but at least two
+    chunks from eight samples on.
 
     Every chunk has a gradient of the whole parameter vector, summed into the
     update each step.  Measured on the 2-core CI machine, epoch of MNIST
     (medians of 3, three interleaved rounds): 784-100-10 at batch 200 with
     Adam took 0.23-0.28 s in eight chunks (:func:`.dense.chunk_count`), 0.20-0.22 s in
-    two; 784-256-128-10 at batch 32 took 1.09 s in one chunk, 0.94-0.97 s in two.
+    two; 784-256-128-10 at batch 32 took 1.09 s in one chunk, 0.94-0.97 s in two;
+    784-16-16-10 at batch 10 took 0.32-0.33 s in two chunks (a parallel region per step),
+    0.19-0.21 s serially.
     """
+    if m * n_params < SERIAL_STEP:
+        return 1
     per_chunk = max(4, min(n_params // 1024, m // 2))
     return max(1, min(MAX_CHUNKS, m // per_chunk))
 
@@ -227,20 +243,21 @@ def _optimize_block(theta, G, nc, V, M2, lo, hi, is_w, opt, hyper, inv_s, lr_t):
             gc[p] = 0
     sq = _sum_squares(th) if is_w else 0.0
     alpha = f(hyper[ALPHA] if is_w else 0.0)
+    decay = f(hyper[DECAY] if is_w else 0.0)
     inv = f(inv_s)
     lr = f(lr_t)
     if opt == SGD:
         mu = f(hyper[MOMENTUM])
         if hyper[NESTEROV] != 0:
             for p in range(n):
-                gp = (g[p] + alpha * th[p]) * inv
+                gp = (g[p] + alpha * th[p]) * inv + decay * th[p]
                 vp = mu * v[p] - lr * gp
                 v[p] = vp
                 th[p] += mu * vp - lr * gp
                 g[p] = 0
         else:
             for p in range(n):
-                gp = (g[p] + alpha * th[p]) * inv
+                gp = (g[p] + alpha * th[p]) * inv + decay * th[p]
                 vp = mu * v[p] - lr * gp
                 v[p] = vp
                 th[p] += vp
@@ -252,7 +269,7 @@ def _optimize_block(theta, G, nc, V, M2, lo, hi, is_w, opt, hyper, inv_s, lr_t):
         eps = f(hyper[EPSILON])
         one = f(1.0)
         for p in range(n):
-            gp = (g[p] + alpha * th[p]) * inv
+            gp = (g[p] + alpha * th[p]) * inv + decay * th[p]
             m1p = b1 * v[p] + (one - b1) * gp
             m2p = b2 * m2[p] + (one - b2) * (gp * gp)
             v[p] = m1p
@@ -264,7 +281,8 @@ def _optimize_block(theta, G, nc, V, M2, lo, hi, is_w, opt, hyper, inv_s, lr_t):
 
 @njit(parallel=True, **_opts)
 def optim_step(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, opt, hyper, state):
-    """One step on the mini-batch ``X[rows]``; returns its loss as scikit-learn reports it.
+    """One step on the mini-batch ``X[rows]``; returns its loss as scikit-learn reports it and
+    the number of its samples classified correctly (before the update).
 
     ``X`` is a 2-D array, or a CSR tuple ``(indptr, indices, values)``; then
     ``theta`` holds the first layer's ``W`` transposed (see
@@ -276,20 +294,27 @@ def optim_step(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, opt, hype
     M2 = state[1]
     m = rows.shape[0]
     nc = optim_chunks(m, G.shape[1])
-    for c in prange(nc):
-        s0 = c * m // nc
-        s1 = (c + 1) * m // nc
-        stats[c, 0] = _chunk_loss(
-            theta, sizes, offs, aoff, hid, out, X, T, w, rows, ident, A, D, G, c, s0, s1
+    if nc == 1:  # no parallel region: waking the threads would cost more than the step
+        stats[0, 0], stats[0, 1] = _chunk_loss(
+            theta, sizes, offs, aoff, hid, out, X, T, w, rows, ident, A, D, G, 0, 0, m
         )
+    else:
+        for c in prange(nc):
+            s0 = c * m // nc
+            s1 = (c + 1) * m // nc
+            stats[c, 0], stats[c, 1] = _chunk_loss(
+                theta, sizes, offs, aoff, hid, out, X, T, w, rows, ident, A, D, G, c, s0, s1
+            )
     loss = 0.0
+    correct = 0.0
     for c in range(nc):
         loss += stats[c, 0]
+        correct += stats[c, 1]
     s = 0.0
     for i in range(m):
         s += w[rows[i]]
     if s == 0:  # all weights zero: the deltas, so the chunk gradients, are all zero
-        return 0.0  # a step that changes nothing (scikit-learn would divide by zero)
+        return 0.0, correct  # a step that changes nothing (scikit-learn would divide by zero)
     hyper[STEP] += 1
     lr_t = hyper[LR]
     if opt == ADAM:
@@ -311,7 +336,7 @@ def optim_step(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, opt, hype
     l2 = 0.0
     for bi in range(nb):
         l2 += sq[bi]
-    return loss / s + 0.5 * hyper[ALPHA] * l2 / s
+    return loss / s + 0.5 * hyper[ALPHA] * l2 / s, correct
 
 
 def _chunk_loss(*args):
@@ -339,18 +364,21 @@ def train_epoch_optim(theta, sizes, offs, aoff, hid, out, X, T, w, perm, m, buf,
     gradients and in ``state`` is stored transposed (``(n_in, n1)``
     row-major; :func:`transpose_first_layer` converts), so that an input's
     weights are one contiguous row and zero inputs cost nothing.
-    Returns the sum over steps of (step loss x step size): divided by
-    ``len(perm)`` it is scikit-learn's ``loss_`` for the epoch.
+    Returns the sum over steps of (step loss x step size), which divided by
+    ``len(perm)`` is scikit-learn's ``loss_`` for the epoch, and the number
+    of samples classified correctly, each on its mini-batch before the update.
     """
     n = perm.shape[0]
     total = 0.0
+    correct = 0.0
     for b0 in range(0, n, m):
         b1 = min(b0 + m, n)
-        loss = optim_step(
+        loss, k = optim_step(
             theta, sizes, offs, aoff, hid, out, X, T, w, perm[b0:b1], buf, opt, hyper, state
         )
         total += loss * (b1 - b0)
-    return total
+        correct += k
+    return total, correct
 
 
 @njit(parallel=True, **_opts)
@@ -379,7 +407,7 @@ def objective(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, alpha, gra
             s1 = (c + 1) * mb // k
             stats[c, 0] = _chunk_gradient_targets(
                 theta, sizes, offs, aoff, hid, out, X, T, w, part, ident, A, D, G, c, s0, s1
-            )
+            )[0]
         for c in range(k):
             total += stats[c, 0]
     s = 0.0
@@ -409,7 +437,7 @@ class OptimBuffers(NamedTuple):
     D: np.ndarray  # (m, H) deltas
     G: np.ndarray  # (MAX_CHUNKS, n_params) chunk gradients, zero between steps
     blocks: np.ndarray  # (k, 3) int64 update blocks (start, stop, is_weight)
-    stats: np.ndarray  # (MAX_CHUNKS, 1) float64 chunk loss sums
+    stats: np.ndarray  # (MAX_CHUNKS, 2) float64 chunk loss sums and correct counts
     sq: np.ndarray  # (k,) float64 squared-weight sums per block
 
 
@@ -424,7 +452,7 @@ def optim_buffers(sizes, m, dtype):
         np.empty((m, H), dtype),
         np.zeros((MAX_CHUNKS, n), dtype),
         blocks,
-        np.zeros((MAX_CHUNKS, 1)),
+        np.zeros((MAX_CHUNKS, 2)),
         np.zeros(len(blocks)),
     )
 
@@ -436,3 +464,24 @@ def transpose_first_layer(vector, sizes, to_transposed):
     head = vector[: n_in * n1]
     shape = (n1, n_in) if to_transposed else (n_in, n1)
     head[:] = head.reshape(shape).T.ravel()
+
+
+def run_epoch(args, inputs, T, w, perm, m, buf, opt, hyper, state):
+    """:func:`train_epoch_optim` (``args``: its first six arguments), with the first layer's
+    weights and optimiser state transposed for the epoch and back when ``inputs`` are CSR.
+
+    Returns ``(loss sum, number correct)``.  The parameters are in their usual
+    layout again afterwards, also after an exception (a Ctrl-C).
+    """
+    theta, sizes = args[0], args[1]
+    sparse = isinstance(inputs, tuple)
+    vectors = (theta, state[0], state[1])
+    if sparse:
+        for v in vectors:
+            transpose_first_layer(v, sizes, True)
+    try:
+        return train_epoch_optim(*args, inputs, T, w, perm, m, buf, opt, hyper, state)
+    finally:
+        if sparse:
+            for v in vectors:
+                transpose_first_layer(v, sizes, False)
