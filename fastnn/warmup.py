@@ -27,8 +27,9 @@ GROUPS = {
     "hybrid": ("the hybrid driver (wide first layers)", [784, 64, 10], 16, "hybrid"),
     "samples": ("the per-sample driver (everything else)", [784, 16, 10], 10, "samples"),
     "gradient": ("cost, gradient and update_mini_batch", [784, 16, 10], None, None),
+    "optim": ("momentum/Adam and the scikit-learn estimators", [784, 16, 10], 10, None),
 }
-DEFAULT_GROUPS = ("inference", "sparse", "split", "hybrid", "samples", "gradient")
+DEFAULT_GROUPS = ("inference", "sparse", "split", "hybrid", "samples", "gradient", "optim")
 
 
 def _data(n=64, n_in=784, n_out=10):
@@ -47,6 +48,20 @@ def _compile_group(name, dtype):
     if driver is not None:
         net.SGD((X, y), 1, batch, 0.1, quiet=True, _driver=driver)
         net.SGD((X.astype(dtype) / 255, y), 1, batch, 0.1, quiet=True, _driver=driver)
+    elif name == "optim":
+        from .kernels import optim
+
+        net = Network(sizes, cost="log_loss", dtype=dtype, seed=0)
+        for inputs in (X, X.astype(dtype) / 255):  # the CSR path, the dense path
+            net.SGD((inputs, y), 1, batch, 0.01, quiet=True, optimizer="adam")
+        Xf = np.ascontiguousarray(X.astype(dtype) / 255)
+        T = np.eye(sizes[-1], dtype=dtype)[y]
+        buf = optim.optim_buffers(sizes, len(X), dtype)
+        rows = np.arange(len(X), dtype=np.int64)
+        grad = np.empty(net.n_params)
+        optim.objective(
+            *net._kernel_args()[:6], Xf, T, np.ones(len(X), dtype), rows, buf, 0.0, grad
+        )
     elif name == "inference":
         for inputs in (X, X.astype(dtype) / 255):
             net.predict(inputs)
