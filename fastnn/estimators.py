@@ -126,6 +126,19 @@ class _BaseMLP(BaseEstimator):
 
     # -------------------------------------------------------------- fitting
 
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None):
+        """Fit the model to ``X, y``; ``X_val, y_val`` (optional) are scored after every
+        epoch into ``validation_scores_`` (and stop it with ``early_stopping``)."""
+        if (X_val is None) != (y_val is None):
+            raise ValueError("pass both X_val and y_val, or neither")
+        return self._fit(X, y, sample_weight, incremental=False, X_val=X_val, y_val=y_val)
+
+    def _check_stochastic(self):
+        if self.solver == "lbfgs":
+            raise AttributeError(
+                "partial_fit is only available for stochastic optimizers. lbfgs is not stochastic."
+            )
+
     def _dtype(self):
         dtype = np.dtype(self.dtype)
         if dtype not in (np.float32, np.float64):
@@ -542,18 +555,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self.dtype = dtype
         self.threads = threads
 
-    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None):
-        """Fit the model to ``X`` and labels ``y`` (optionally scored on ``X_val, y_val``)."""
-        if (X_val is None) != (y_val is None):
-            raise ValueError("pass both X_val and y_val, or neither")
-        return self._fit(X, y, sample_weight, incremental=False, X_val=X_val, y_val=y_val)
-
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One pass over ``X, y``; ``classes`` (all labels) is required on the first call."""
-        if self.solver == "lbfgs":
-            raise AttributeError(
-                "partial_fit is only available for stochastic optimizers. lbfgs is not stochastic."
-            )
+        self._check_stochastic()
         if self.class_weight == "balanced":
             raise ValueError(
                 "class_weight='balanced' needs all the labels at once; it is not supported "
@@ -796,18 +800,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self.dtype = dtype
         self.threads = threads
 
-    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None):
-        """Fit the model to ``X`` and targets ``y`` (optionally scored on ``X_val, y_val``)."""
-        if (X_val is None) != (y_val is None):
-            raise ValueError("pass both X_val and y_val, or neither")
-        return self._fit(X, y, sample_weight, incremental=False, X_val=X_val, y_val=y_val)
-
     def partial_fit(self, X, y, sample_weight=None):
         """One pass over ``X, y``."""
-        if self.solver == "lbfgs":
-            raise AttributeError(
-                "partial_fit is only available for stochastic optimizers. lbfgs is not stochastic."
-            )
+        self._check_stochastic()
         return self._fit(X, y, sample_weight, incremental=True)
 
     def _validate_input(self, X, y, incremental, reset):

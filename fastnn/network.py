@@ -352,6 +352,13 @@ class Network(InputsMixin):
                         print(f"Epoch {epoch} complete  ({seconds:.3f} s)", flush=True)
         return history
 
+    def _prepared(self, training_data):
+        """``training_data`` as :class:`PreparedData` (checked to fit if it already is)."""
+        if isinstance(training_data, PreparedData):
+            training_data.check_fits(self)
+            return training_data
+        return PreparedData(self, training_data)
+
     def reset_optimizer(self) -> None:
         """Forget the momentum or Adam state kept between ``SGD`` calls."""
         self._optim_state = None
@@ -366,11 +373,7 @@ class Network(InputsMixin):
                 "momentum and Adam train the log_loss (softmax) or cross_entropy (sigmoid) "
                 "cost; this network has the quadratic cost"
             )
-        if isinstance(training_data, PreparedData):
-            prep = training_data
-            prep.check_fits(self)
-        else:
-            prep = PreparedData(self, training_data)
+        prep = self._prepared(training_data)
         X, y = prep.X, prep.y
         m = min(m, X.shape[0])
         sparse = len(self._size_list) >= 3 and prep.density() <= kernels.SPARSE_MAX_DENSITY
@@ -436,11 +439,7 @@ class Network(InputsMixin):
         eta = _positive_real("eta", eta)
         if driver is not None and driver not in kernels.DRIVERS:
             raise ValueError(f"driver must be one of {sorted(kernels.DRIVERS)}, got {driver!r}")
-        if isinstance(training_data, PreparedData):
-            prep = training_data
-            prep.check_fits(self)
-        else:
-            prep = PreparedData(self, training_data)
+        prep = self._prepared(training_data)
         X, y = prep.X, prep.y
         m = min(m, X.shape[0])
         name = driver or kernels.choose_driver(self._size_list, m, prep.density())
