@@ -156,11 +156,16 @@ class ThreadTuner:
     current choice, the latest trial for the other), keeps its choice unless
     the other is at least 15% faster, and now and then tries the other on a
     quarter-sized call: after 8 calls, then at doubling intervals up to 128
-    while the choice holds, from 8 again when it flips.  Trained weights are
-    bit-identical whatever the thread count, so this changes speed only.
+    while the choice holds, from 8 again when it flips.  When the current
+    choice becomes 30% slower than it was when last confirmed (a busy
+    process has appeared), it tries the other on the next call instead of
+    waiting out the interval: after a long idle run that wait was up to 128
+    calls, and a bench run beside two busy processes stayed on both threads,
+    1.4-1.6x slower than one.  Trained weights are bit-identical whatever
+    the thread count, so this changes speed only.
     """
 
-    FIRST, LONGEST, WEIGHT, MARGIN = 8, 128, 0.3, 0.85
+    FIRST, LONGEST, WEIGHT, MARGIN, SLOWDOWN = 8, 128, 0.3, 0.85, 1.3
 
     def __init__(self, threads):
         self.options = (threads, 1) if threads > 1 else (threads,)
@@ -169,6 +174,7 @@ class ThreadTuner:
         self.interval = self.FIRST
         self.countdown = self.FIRST
         self.calls = 0
+        self.settled = None  # rate of the current choice when last confirmed
 
     def choose(self):
         """``(threads, share)``: the thread count for the next call and the share of a
@@ -198,6 +204,12 @@ class ThreadTuner:
             self.rate[threads] = (1 - self.WEIGHT) * old + self.WEIGHT * r
         if len(self.options) == 1 or len(self.rate) < 2:
             return
+        if threads == self.current:
+            if self.settled is None:
+                self.settled = self.rate[threads]
+            elif self.rate[threads] > self.SLOWDOWN * self.settled and self.countdown > 1:
+                self.countdown = 1  # the load changed: try the other choice next
+                self.interval = self.FIRST
         other = self.options[1] if self.current == self.options[0] else self.options[0]
         # the other choice must be clearly faster to take over: timings beside busy
         # processes are noisy, and flapping between the two costs more than either
@@ -207,9 +219,11 @@ class ThreadTuner:
                 self.FIRST if best != self.current else min(2 * self.interval, self.LONGEST)
             )
             self.countdown = self.interval
+            self.settled = self.rate[self.current]
         if best != self.current:
             self.current = best
             self.interval = self.countdown = self.FIRST
+            self.settled = self.rate[best]
 
 
 _TUNERS = {}

@@ -89,6 +89,21 @@ def test_tuner_moves_to_one_thread_when_a_busy_process_slows_the_team():
     assert tuner.current == 2
 
 
+def test_tuner_reacts_at_once_to_load_after_a_long_idle_run():
+    """After hundreds of idle calls its trials are 128 calls apart; a slowdown of the
+    current choice makes it weigh the other at once (here its last figure already wins)."""
+    tuner = runtime.ThreadTuner(2)
+    machine = {2: 1.0, 1: 1.6}
+    _drive(tuner, machine.get, 400)
+    assert tuner.interval == runtime.ThreadTuner.LONGEST
+    machine.update({2: 5.4, 1: 1.9})
+    chosen = _drive(tuner, machine.get, 6)
+    assert chosen[0] == (2, 1.0) and all(t == 1 for t, _ in chosen[1:])  # from the next call
+    machine.update({2: 1.0, 1: 1.6})  # one thread gets no slower when the load goes:
+    _drive(tuner, machine.get, 300)  # the scheduled trials find two threads again
+    assert tuner.current == 2
+
+
 def test_tuner_with_one_thread_never_tries_anything():
     tuner = runtime.ThreadTuner(1)
     assert {c for c in _drive(tuner, lambda t: 1.0, 20)} == {(1, 1.0)}
