@@ -328,6 +328,7 @@ class Network(InputsMixin):
                     )
                 if what:
                     self._theta[...] = saved
+                    self.reset_optimizer()  # its velocity or moments are from the diverged epoch
                     raise FloatingPointError(
                         f"training diverged in epoch {epoch}: {what} (eta={eta}); the "
                         "parameters from before the epoch were restored. Try a smaller eta."

@@ -238,3 +238,16 @@ def test_network_optimizer_errors_name_the_problem():
         net.SGD((X, y), 1, 5, 0.1, optimizer="adam", momentum=0.9)
     with pytest.raises(ValueError, match="betas must be two numbers"):
         net.SGD((X, y), 1, 5, 0.1, optimizer="adam", betas=(0.9, 1.0))
+
+
+def test_divergence_restores_the_parameters_and_drops_the_optimizer_state():
+    from fastnn import Network
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(200, 10)), np.arange(200) % 3
+    net = Network([10, 8, 3], cost="log_loss", seed=0)
+    net.SGD((X, y), 1, 10, 0.01, quiet=True, momentum=0.9)
+    before = net.parameters.copy()
+    with pytest.raises(FloatingPointError, match="training diverged in epoch 0"):
+        net.SGD((X, y), 1, 10, 1e30, quiet=True, momentum=0.9)
+    assert np.array_equal(net.parameters, before) and net._optim_state is None
