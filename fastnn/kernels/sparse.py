@@ -39,9 +39,9 @@ SPARSE_SAMPLES_PER_CHUNK = 5  # samples per chunk of a mini-batch (fewer lose th
 def sparse_rows(X, indptr, indices, values, table):
     """The CSR form of the 2-D array ``X``: fills ``indices`` and ``values``.
 
-    Call with ``indptr`` filled by :func:`count_nonzero_rows` (``indptr[1:]``
-    the row counts, then their running sum) and ``indices``/``values`` of at
-    least ``indptr[-1] + 1`` entries (one of slack).  Row ``i``'s non-zeros
+    Call with the row pointers ``indptr`` from :func:`count_nonzero_rows`
+    and ``indices``/``values`` of at least ``indptr[-1] + 1`` entries (one
+    of slack).  Row ``i``'s non-zeros
     are ``values[indptr[i]:indptr[i+1]]`` at columns ``indices[...]``,
     ascending; each value is converted to ``values.dtype`` as NumPy's
     ``astype`` would (``table`` None), or, for ``uint8`` inputs, looked up
