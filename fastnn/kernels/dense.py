@@ -393,19 +393,20 @@ def _chunk_gradient(
 
     Returns (sum of costs, number of correct predictions) of those samples.
     """
-    L = sizes.shape[0] - 1
     g = G[gc]  # all zeros on entry (the update pass leaves it so)
     _forward_chunk(theta, sizes, offs, aoff, hid, out, X, rows, ident, A, s0, s1)
     total, correct = _output_deltas(sizes, aoff, out, cost, y, rows, A, D, s0, s1)
-    for l in range(L - 1, -1, -1):
-        n_in, n_out = sizes[l], sizes[l + 1]
-        boff = offs[l] + n_in * n_out
-        if l == 0:
-            _dense_grad(g, offs[0], boff, n_in, n_out, D, aoff[0], X, rows, 0, s0, s1)
-        else:
-            _dense_grad(g, offs[l], boff, n_in, n_out, D, aoff[l], A, ident, aoff[l - 1], s0, s1)
-            _dense_backprop(theta, offs[l], n_in, n_out, D, aoff[l], A, aoff[l - 1], hid, s0, s1)
+    _backprop_all(theta, g, sizes, offs, aoff, hid, X, rows, ident, A, D, s0, s1)
     return total, correct
+
+
+@njit(**_opts)
+def _backprop_all(theta, g, sizes, offs, aoff, hid, X, rows, ident, A, D, s0, s1):
+    """From the output deltas in ``D``, every layer's gradient sums into ``g``, the first
+    layer's from the inputs ``X[rows]``."""
+    _backprop_later(theta, offs, sizes, aoff, hid, A, ident, D, g, s0, s1)
+    n_in, n_out = sizes[0], sizes[1]
+    _dense_grad(g, offs[0], offs[0] + n_in * n_out, n_in, n_out, D, aoff[0], X, rows, 0, s0, s1)
 
 
 @njit(**_opts)
@@ -577,6 +578,31 @@ def train_epoch(
 
 
 @njit(**_opts)
+def _forward_later(P, offp, sizes, aoff, hid, out, A, ident, s0, s1):
+    """Samples ``s0:s1`` through the layers after the first (whose outputs are in ``A``)."""
+    L = sizes.shape[0] - 1
+    for l in range(1, L):
+        n_in, n_out = sizes[l], sizes[l + 1]
+        boff = offp[l] + n_in * n_out
+        _dense_forward(P, offp[l], boff, n_in, n_out, A, ident, aoff[l - 1], A, aoff[l], s0, s1)
+        act = out if l == L - 1 else hid
+        for i in range(s0, s1):
+            _activate(A[i, aoff[l] : aoff[l] + n_out], act)
+
+
+@njit(**_opts)
+def _backprop_later(P, offp, sizes, aoff, hid, A, ident, D, g, s0, s1):
+    """From the output deltas in ``D``, the gradient sums of the layers after the first
+    (added into ``g``) and the deltas down to the first layer's, ``D[s0:s1, 0:sizes[1]]``."""
+    L = sizes.shape[0] - 1
+    for l in range(L - 1, 0, -1):
+        n_in, n_out = sizes[l], sizes[l + 1]
+        boff = offp[l] + n_in * n_out
+        _dense_grad(g, offp[l], boff, n_in, n_out, D, aoff[l], A, ident, aoff[l - 1], s0, s1)
+        _dense_backprop(P, offp[l], n_in, n_out, D, aoff[l], A, aoff[l - 1], hid, s0, s1)
+
+
+@njit(**_opts)
 def _later_layers(P, offp, sizes, aoff, hid, out, cost, y, rows, ident, A, D, g, s0, s1):
     """Samples ``s0:s1`` through the layers after the first, and back.
 
@@ -586,44 +612,9 @@ def _later_layers(P, offp, sizes, aoff, hid, out, cost, y, rows, ident, A, D, g,
     ``D[s0:s1, 0:sizes[1]]``, adding the later layers' gradient sums into
     ``g`` (same offsets).  Returns (sum of costs, number correct).
     """
-    L = sizes.shape[0] - 1
-    for l in range(1, L):
-        n_in, n_out = sizes[l], sizes[l + 1]
-        _dense_forward(
-            P,
-            offp[l],
-            offp[l] + n_in * n_out,
-            n_in,
-            n_out,
-            A,
-            ident,
-            aoff[l - 1],
-            A,
-            aoff[l],
-            s0,
-            s1,
-        )
-        act = out if l == L - 1 else hid
-        for i in range(s0, s1):
-            _activate(A[i, aoff[l] : aoff[l] + n_out], act)
+    _forward_later(P, offp, sizes, aoff, hid, out, A, ident, s0, s1)
     cs, cc = _output_deltas(sizes, aoff, out, cost, y, rows, A, D, s0, s1)
-    for l in range(L - 1, 0, -1):
-        n_in, n_out = sizes[l], sizes[l + 1]
-        _dense_grad(
-            g,
-            offp[l],
-            offp[l] + n_in * n_out,
-            n_in,
-            n_out,
-            D,
-            aoff[l],
-            A,
-            ident,
-            aoff[l - 1],
-            s0,
-            s1,
-        )
-        _dense_backprop(P, offp[l], n_in, n_out, D, aoff[l], A, aoff[l - 1], hid, s0, s1)
+    _backprop_later(P, offp, sizes, aoff, hid, A, ident, D, g, s0, s1)
     return cs, cc
 
 

@@ -37,10 +37,10 @@ from .activations import _activate
 from .dense import (
     MAX_CHUNKS,
     PARALLEL_UPDATE_MIN,
-    _dense_backprop,
-    _dense_forward,
-    _dense_grad,
+    _backprop_all,
+    _backprop_later,
     _forward_chunk,
+    _forward_later,
     update_blocks,
 )
 
@@ -111,18 +111,9 @@ def _chunk_gradient_targets(
 ):
     """Forward + backprop of samples ``s0:s1`` against targets; weighted gradient sums added
     into ``G[gc]``; returns the weighted loss sum of those samples."""
-    L = sizes.shape[0] - 1
-    g = G[gc]
     _forward_chunk(theta, sizes, offs, aoff, hid, out, X, rows, ident, A, s0, s1)
     total, correct = _target_deltas(sizes, aoff, out, T, w, rows, A, D, s0, s1)
-    for l in range(L - 1, -1, -1):
-        n_in, n_out = sizes[l], sizes[l + 1]
-        boff = offs[l] + n_in * n_out
-        if l == 0:
-            _dense_grad(g, offs[0], boff, n_in, n_out, D, aoff[0], X, rows, 0, s0, s1)
-        else:
-            _dense_grad(g, offs[l], boff, n_in, n_out, D, aoff[l], A, ident, aoff[l - 1], s0, s1)
-            _dense_backprop(theta, offs[l], n_in, n_out, D, aoff[l], A, aoff[l - 1], hid, s0, s1)
+    _backprop_all(theta, G[gc], sizes, offs, aoff, hid, X, rows, ident, A, D, s0, s1)
     return total, correct
 
 
@@ -170,24 +161,13 @@ def _chunk_gradient_sparse(
     with the first layer's ``W`` stored transposed in ``P`` and in the gradient (the zero
     inputs cost nothing); the later layers as in the dense path."""
     indptr, indices, values = csr
-    L = sizes.shape[0] - 1
     g = G[gc]
     n1 = sizes[1]
     b0 = sizes[0] * n1
     _sparse_first_layer(P, n1, b0, indptr, indices, values, rows, A, s0, s1, hid)
-    for l in range(1, L):
-        n_in, n_out = sizes[l], sizes[l + 1]
-        boff = offs[l] + n_in * n_out
-        _dense_forward(P, offs[l], boff, n_in, n_out, A, ident, aoff[l - 1], A, aoff[l], s0, s1)
-        act = out if l == L - 1 else hid
-        for i in range(s0, s1):
-            _activate(A[i, aoff[l] : aoff[l] + n_out], act)
+    _forward_later(P, offs, sizes, aoff, hid, out, A, ident, s0, s1)
     total, correct = _target_deltas(sizes, aoff, out, T, w, rows, A, D, s0, s1)
-    for l in range(L - 1, 0, -1):
-        n_in, n_out = sizes[l], sizes[l + 1]
-        boff = offs[l] + n_in * n_out
-        _dense_grad(g, offs[l], boff, n_in, n_out, D, aoff[l], A, ident, aoff[l - 1], s0, s1)
-        _dense_backprop(P, offs[l], n_in, n_out, D, aoff[l], A, aoff[l - 1], hid, s0, s1)
+    _backprop_later(P, offs, sizes, aoff, hid, A, ident, D, g, s0, s1)
     _sparse_first_grad(g, n1, b0, indptr, indices, values, rows, D, s0, s1)
     return total, correct
 
