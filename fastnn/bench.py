@@ -423,8 +423,12 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
         # whole SGD calls, data preparation included: what a pipeline sees
         w = WORKLOADS["W1"]
         flops = train_flops(w["sizes"], len(data.X), w["batch"])  # per epoch, as the times
-        for cname, run in sgd_call_runs(w, data).items():
-            record("W1-calls", cname, w["batch"], run, flops)
+        calls = sgd_call_runs(w, data)  # in turn within each round: their ratios matter
+        times = time_interleaved(list(calls.values()), rounds, len(calls) * budget, settle)
+        for (cname, run), ts in zip(calls.items(), times):
+            r = _result("W1-calls", cname, w["batch"], run, ts, flops)
+            results.append(r)
+            log(f"  W1-calls   {cname:<14} batch {w['batch']:<5} {r.median_s:9.4f} s")
 
     # beside busy processes: default threads against one thread, interleaved, same load
     for wname in ("W1",) if quick else ("W1", "W2", "W3"):

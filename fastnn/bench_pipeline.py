@@ -58,9 +58,10 @@ SGD_CALL_EPOCHS = 10
 def sgd_call_runs(w, data):
     """W1 as a user runs it: ``SGD`` calls on uint8 pixels, preparation included.
 
-    One call of 10 epochs; 10 calls of one epoch (each validates and converts
-    the data again); 10 calls of one epoch on data prepared once
-    (``Network.prepare``, timed).  Times are per epoch.
+    One call of 10 epochs (also with ``track_gradients=True``); 10 calls of
+    one epoch (each validates and converts the data again); 10 calls of one
+    epoch on data prepared once (``Network.prepare``, timed).  Times are per
+    epoch.
     """
     from .bench import Run, _network
 
@@ -71,8 +72,9 @@ def sgd_call_runs(w, data):
     def fit(kind):
         def fn():
             net = _network(w)
-            if kind == "one call":
-                net.SGD((X, y), k, w["batch"], w["eta"], quiet=True)
+            if kind.startswith("one call"):
+                track = kind.endswith("track_gradients")
+                net.SGD((X, y), k, w["batch"], w["eta"], quiet=True, track_gradients=track)
                 return
             training = net.prepare((X, y)) if kind == "prepared" else (X, y)
             for _ in range(k):
@@ -82,6 +84,7 @@ def sgd_call_runs(w, data):
 
     return {
         "sgd-1x10": fit("one call"),
+        "sgd-1x10-track": fit("one call, track_gradients"),
         "sgd-10x1": fit("ten calls"),
         "sgd-10x1-prep": fit("prepared"),
     }

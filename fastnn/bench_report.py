@@ -54,6 +54,7 @@ _LABELS = {
 }
 _ROW_LABELS = {
     ("W1-calls", "sgd-1x10"): "`SGD`, one call of 10 epochs (per epoch)",
+    ("W1-calls", "sgd-1x10-track"): "`SGD`, one call of 10 epochs, `track_gradients=True`",
     ("W1-calls", "sgd-10x1"): "`SGD`, 10 calls of one epoch (per epoch)",
     ("W1-calls", "sgd-10x1-prep"): "`SGD` on `prepare`d data, 10 calls (per epoch)",
     ("W5", "fastnn-est"): "`fastnn.MLPClassifier.fit`",
@@ -146,6 +147,14 @@ def format_markdown(report):
             f"| | | skipped: {sk['reason']} |"
         )
     lines += _busy_summary(res)
+    calls = {r["contender"]: r["median_s"] for r in res if r["workload"] == "W1-calls"}
+    if "sgd-1x10" in calls and "sgd-1x10-track" in calls:
+        lines += [
+            "",
+            "Recording per-layer gradient norms (`track_gradients=True`, 1,000-sample probe) "
+            f"costs {100 * (calls['sgd-1x10-track'] / calls['sgd-1x10'] - 1):+.1f}% of a W1 "
+            "`SGD` call (timed in turn with the plain call).",
+        ]
     lines += estimator_summary(res)
     w1 = {r["contender"]: r["median_s"] for r in res if r["workload"] == "W1"}
     if "fastnn-f32" in w1 and "per-sample" in w1:

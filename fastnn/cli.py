@@ -1,4 +1,5 @@
-"""Command line: ``python -m fastnn train``, ``bench``, ``warmup`` and ``clear-cache``.
+"""Command line: ``python -m fastnn train``, ``inspect``, ``experiment``, ``bench``, ``warmup``
+and ``clear-cache``.
 
 The ``fastnn`` console script is the same command.
 """
@@ -87,16 +88,7 @@ def _add_train(sub):
         help="Numba threads (default: all cores); results do not depend on it",
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder with the MNIST files (else $FASTNN_DATA/mnist, then the cache)",
-    )
-    p.add_argument(
-        "--download",
-        action="store_true",
-        help="download MNIST into the user cache if it is not found",
-    )
+    _add_data_args(p)
     p.add_argument("--save", metavar="PATH", default=None, help="write the trained model (.npz)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.set_defaults(func=_train)
@@ -105,18 +97,16 @@ def _add_train(sub):
 def _train(args):
     import numpy as np
 
-    from .datasets import MNISTNotFoundError, load_mnist
     from .network import Network
 
     problem = _check_save_path(args.save) if args.save else None
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    try:
-        (X, y), (Xt, yt) = load_mnist(args.data_dir, dtype=np.uint8, download=args.download)
-    except (MNISTNotFoundError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    data = _load_data(args)
+    if data is None:
         return 2
+    (X, y), (Xt, yt) = data
     try:
         net = Network(
             args.sizes,
@@ -168,6 +158,205 @@ def _train(args):
     return 0
 
 
+def _load_data(args):
+    """MNIST as uint8 arrays, or None after printing the error."""
+    import numpy as np
+
+    from .datasets import MNISTNotFoundError, load_mnist
+
+    try:
+        return load_mnist(args.data_dir, dtype=np.uint8, download=args.download)
+    except (MNISTNotFoundError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
+def _add_data_args(p):
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the MNIST files (else $FASTNN_DATA/mnist, then the cache)",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="download MNIST into the user cache if it is not found",
+    )
+
+
+def _out_dir(path):
+    """An error message if ``path`` cannot be made a writable folder, else None."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        return f"--out {path}: {e.strerror or e}"
+    if not os.access(path, os.W_OK):
+        return f"--out {path} is not writable"
+    return None
+
+
+def _have_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_NO_FIGURES = "matplotlib is not installed: for the figures, pip install 'fastnn[plot]'"
+
+
+def _inspect(args):
+    import numpy as np
+
+    from . import inspect
+    from .network import Network
+
+    problem = _out_dir(args.out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        net = Network.load(args.model)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if net.sizes[0] != 784:
+        print(f"error: {args.model} takes {net.sizes[0]} inputs, not MNIST's 784", file=sys.stderr)
+        return 2
+    data = _load_data(args)
+    if data is None:
+        return 2
+    train, test = data
+    if not 0 <= args.image < len(test[0]):
+        print(f"error: --image must be in [0, {len(test[0]) - 1}]", file=sys.stderr)
+        return 2
+    figures = _have_matplotlib()
+    numbers, written = inspect.report(
+        net, args.out, train, test, image=args.image, seed=args.seed, figures=figures
+    )
+    g = ", ".join(f"{v:.3g}" for v in numbers["gradient_norms"])
+    g0 = ", ".join(f"{v:.3g}" for v in numbers["gradient_norms_at_init"])
+    print(
+        f"{args.model}: test accuracy {100 * numbers['test_accuracy']:.2f}%; gradient norms "
+        f"per layer {g} (at initialisation {g0}); uniform noise answered as "
+        f"{int(np.argmax(numbers['noise_class_fractions']))} in "
+        f"{100 * max(numbers['noise_class_fractions']):.0f}% of cases"
+    )
+    print(f"wrote {len(written)} files to {args.out}: " + ", ".join(map(os.path.basename, written)))
+    if not figures:
+        print(_NO_FIGURES)
+    return 0
+
+
+def _add_inspect(sub):
+    p = sub.add_parser(
+        "inspect",
+        help="figures and numbers of what a trained MNIST network does inside",
+        description="Write PNG figures (weights, preferred inputs, activations, gradient "
+        "norms, lousiest examples, confusion matrix, answers to noise), inspect.json with "
+        "the numbers behind them and report.md showing them, for a model saved by "
+        "'fastnn train --save'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", help="a model file (.npz) written by Network.save")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the files")
+    p.add_argument("--image", type=int, default=0, help="test image shown layer by layer")
+    p.add_argument("--seed", type=int, default=0, help="seeds the noise and the fresh network")
+    _add_data_args(p)
+    p.set_defaults(func=_inspect)
+
+
+def _experiment(args):
+    import json
+
+    from .experiments import memorization
+
+    problem = _out_dir(args.out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    for name in ("n", "epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    if args.sizes[0] != 784 or args.sizes[-1] != 10:
+        print("error: --sizes must start with 784 and end with 10 for MNIST", file=sys.stderr)
+        return 2
+    data = _load_data(args)
+    if data is None:
+        return 2
+    train, test = data
+    if args.n > len(train[0]):
+        print(f"error: --n must be at most {len(train[0])}", file=sys.stderr)
+        return 2
+    print(
+        f"memorization: {'-'.join(map(str, args.sizes))} ({args.activation}, {args.cost}) on "
+        f"{args.n} training images, {args.epochs} epochs, batch {args.batch_size}, eta "
+        f"{args.eta}: true labels, shuffled labels, random pixels",
+        flush=True,
+    )
+    try:
+        res = memorization(
+            train,
+            test,
+            progress=lambda line: print("  " + line, flush=True),
+            n=args.n,
+            epochs=args.epochs,
+            sizes=tuple(args.sizes),
+            activation=args.activation,
+            cost=args.cost,
+            eta=args.eta,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
+    except (TypeError, ValueError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    path = os.path.join(args.out, "memorization.json")
+    with open(path, "w") as f:
+        json.dump(res, f, indent=1)
+    written = [path]
+    if _have_matplotlib():
+        from .figures import memorization_figure
+
+        path = os.path.join(args.out, "memorization.png")
+        memorization_figure(res).savefig(path)
+        written.append(path)
+    print("wrote " + ", ".join(written))
+    if len(written) == 1:
+        print(_NO_FIGURES)
+    return 0
+
+
+def _add_experiment(sub):
+    from .experiments import DEFAULTS
+
+    p = sub.add_parser(
+        "experiment",
+        help="experiments: memorization (true labels, shuffled labels, random pixels)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("name", choices=["memorization"], help="the experiment")
+    p.add_argument("--n", type=int, default=DEFAULTS["n"], help="training images")
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the files")
+    p.add_argument(
+        "--sizes", type=_sizes, default=list(DEFAULTS["sizes"]), help="layer sizes, input first"
+    )
+    p.add_argument(
+        "--activation", default=DEFAULTS["activation"], choices=["sigmoid", "relu", "tanh"]
+    )
+    p.add_argument(
+        "--cost", default=DEFAULTS["cost"], choices=["quadratic", "cross_entropy", "log_loss"]
+    )
+    p.add_argument("--eta", type=float, default=DEFAULTS["eta"], help="learning rate")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    _add_data_args(p)
+    p.set_defaults(func=_experiment)
+
+
 def _clear_cache(args):
     from .kernels import cache
 
@@ -216,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_inspect(sub)
+    _add_experiment(sub)
     _add_warmup(sub)
     _add_clear_cache(sub)
     from .bench import add_parser

@@ -248,6 +248,7 @@ class Network(InputsMixin):
         nesterov: bool = False,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        track_gradients: bool | int = False,
         _driver: str | None = None,
     ) -> History:
         """Train by mini-batch stochastic gradient descent.
@@ -280,6 +281,15 @@ class Network(InputsMixin):
         mini-batch's update), ``train_accuracy`` (measured the same way),
         ``test_accuracy`` and ``test_correct`` (None without test data) and
         ``seconds`` (training time of the epoch, evaluation excluded).
+
+        With ``track_gradients`` (True, or a number of samples), the history
+        also has ``gradient_norms``: per epoch, one value per layer, the
+        length of that layer's part (``W`` and ``b``) of the gradient of the
+        average cost (weight decay included), measured at the parameters the
+        epoch starts from (so epoch 0 shows the initial network) on a fixed
+        probe: the first 1,000 training samples (or that many).  One
+        full-batch gradient of the probe per epoch, in the kernels: a few
+        per cent of a W1 epoch.
         """
         epochs = _positive_int("epochs", epochs)
         opt = _optimizer_settings(optimizer, momentum, nesterov, betas, eps)
@@ -290,6 +300,7 @@ class Network(InputsMixin):
         test = self._data(test_data, "test_data") if test_data is not None else None
         n = X.shape[0]
         limit = self._explosion_limit(X, y)
+        probe = self._gradient_probe(X, y, track_gradients)
         history = {
             k: []
             for k in (
@@ -301,10 +312,14 @@ class Network(InputsMixin):
                 "seconds",
             )
         }
+        if probe:
+            history["gradient_norms"] = []
         largest = float(np.abs(self._theta).max())
         with runtime.num_threads(threads):
             for epoch in range(epochs):
                 before = largest
+                if probe:
+                    history["gradient_norms"].append(probe())
                 perm = self._rng.permutation(n)
                 saved = self._theta.copy()
                 t0 = time.perf_counter()
@@ -352,6 +367,38 @@ class Network(InputsMixin):
                     if not quiet:
                         print(f"Epoch {epoch} complete  ({seconds:.3f} s)", flush=True)
         return history
+
+    def _gradient_probe(self, X, y, samples):
+        """None, or a function returning the per-layer gradient norms on the first
+        ``samples`` (True: 1,000) rows of ``X`` (see ``track_gradients`` in :meth:`SGD`)."""
+        if samples is False or samples is None:
+            return None
+        if samples is True:
+            samples = 1000
+        try:
+            samples = _positive_int("track_gradients", samples)
+        except ValueError:
+            raise ValueError(
+                f"track_gradients must be True, False or a number of samples, got {samples!r}"
+            ) from None
+        Xp = self._working(X[:samples], "training_data inputs", check_overflow=False)
+        yp = np.ascontiguousarray(y[:samples], dtype=np.int64)
+        b = kernels.samples_buffers(self._size_list, Xp.shape[0], self.dtype)
+        grad = np.empty_like(self._theta)
+
+        def norms():
+            runtime._check_not_forked()
+            with runtime.parallel_section():
+                kernels.gradient(
+                    *self._kernel_args(), Xp, yp, b.ident, b.ident, b.A, b.D, b.G, grad
+                )
+            g = grad.astype(np.float64) / Xp.shape[0]
+            if self.weight_decay:
+                for gW, W in zip(unpack(g, self._size_list)[0], self.weights):
+                    gW += self.weight_decay * W
+            return np.sqrt(np.add.reduceat(g * g, self._offs)).tolist()
+
+        return norms
 
     def _prepared(self, training_data):
         """``training_data`` as :class:`PreparedData` (checked to fit if it already is)."""

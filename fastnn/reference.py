@@ -13,6 +13,7 @@ kernel                     reference
 ``gradient``               :func:`backprop`
 ``sgd_step``               :func:`sgd_step` (:func:`update`)
 ``train_epoch``            :func:`train_epoch`
+``input_gradient``         :func:`input_gradient`
 =========================  =====================================
 
 :func:`train_epoch_per_sample` is the classic per-sample loop in the style of
@@ -137,6 +138,51 @@ def backprop(theta, sizes, X, y, hidden="sigmoid", output="sigmoid", cost_name="
     total = float(cost(acts[-1], Y, cc).sum())
     correct = int((acts[-1].argmax(axis=1) == y).sum())
     return grad, total, correct
+
+
+def input_gradient(
+    theta,
+    sizes,
+    X,
+    y=None,
+    layer=-1,
+    neuron=None,
+    hidden="sigmoid",
+    output="sigmoid",
+    cost_name="quadratic",
+):
+    """Gradient of one scalar per row of ``X`` with respect to that row.
+
+    The scalar is the cost of label ``y[i]`` when ``layer < 0``, else the
+    activation of neuron ``neuron[i]`` of layer ``layer`` (0 is the first
+    hidden layer).  Returns ``(GX, total_cost)`` (the cost is 0 for neurons).
+    """
+    hid, out, cc = _codes(hidden, output, cost_name)
+    weights, _ = unpack(theta, sizes)
+    acts = forward(theta, sizes, X, hidden, output)
+    n = len(X)
+    if layer < 0:
+        Y = one_hot(y, sizes[-1], theta.dtype)
+        delta = output_delta(acts[-1], Y, out, cc)
+        total = float(cost(acts[-1], Y, cc).sum())
+        top = len(weights) - 1
+    else:
+        a = acts[layer + 1]
+        delta = np.zeros_like(a)
+        rows = np.arange(n)
+        aj = a[rows, neuron]
+        if layer < len(weights) - 1:
+            delta[rows, neuron] = derivative(aj, hid)
+        elif out == SOFTMAX:
+            delta = -aj[:, None] * a
+            delta[rows, neuron] += aj
+        else:
+            delta[rows, neuron] = derivative(aj, out)
+        total = 0.0
+        top = layer
+    for l in range(top, 0, -1):
+        delta = (delta @ weights[l]) * derivative(acts[l], hid)
+    return delta @ weights[0], total
 
 
 def update(theta, grad_sum, m, sizes, eta, decay=0.0):

@@ -28,6 +28,7 @@ GROUPS = {
     "samples": ("the per-sample driver (everything else)", [784, 16, 10], 10, "samples"),
     "gradient": ("cost, gradient and update_mini_batch", [784, 16, 10], None, None),
     "optim": ("momentum/Adam and the scikit-learn estimators", [784, 16, 10], 10, None),
+    "inspect": ("fastnn.inspect's input gradient (not in the defaults)", [784, 16, 10], None, None),
 }
 DEFAULT_GROUPS = ("inference", "sparse", "split", "hybrid", "samples", "gradient", "optim")
 
@@ -62,6 +63,10 @@ def _compile_group(name, dtype):
         optim.objective(
             *net._kernel_args()[:6], Xf, T, np.ones(len(X), dtype), rows, buf, 0.0, grad
         )
+    elif name == "inspect":
+        from . import inspect
+
+        inspect.input_gradient(net, X[:4], y[:4])
     elif name == "inference":
         for inputs in (X, X.astype(dtype) / 255):
             net.predict(inputs)

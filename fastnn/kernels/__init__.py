@@ -12,6 +12,7 @@ module           defines
 ``dense``        blocked forward / gradient / backprop, the ``"samples"`` driver,
                  the full-batch gradient
 ``inference``    forward pass of many samples (each row the same way), or of one
+``inputs``       the gradient of a neuron or of the cost with respect to the input
 ``optim``        the ``"optim"`` driver: momentum, Nesterov, Adam, sample weights,
                  target matrices (scikit-learn's estimators, step for step)
 ``team``         joining a team and its spin barrier
