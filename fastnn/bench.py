@@ -478,6 +478,16 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
         except ImportError as e:
             skipped.append(dict(workload="W5", contender="sklearn-est", reason=str(e)))
 
+    search = None
+    if (not workloads or "W7" in workloads) and not contenders:  # a search on a Dask cluster
+        try:
+            from .bench_dask import search_runs
+
+            more, search = search_runs(data, min(rounds, 3), 8 * budget, log)
+            results += more
+        except ImportError as e:
+            skipped.append(dict(workload="W7", contender="search-dask", reason=str(e)))
+
     if not workloads or "W4" in workloads:
         for (wname, cname), run in inference_runs(data, 200 if quick else 1000).items():
             if contenders and cname not in contenders:
@@ -498,6 +508,7 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
         peak_gflops=peak,
         results=[_as_dict(r) for r in results],
         skipped=skipped,
+        search=search,
     )
 
 
@@ -596,7 +607,7 @@ def main(args):
 def _check_args(args):
     """What is wrong with the bench command's arguments (before anything runs), or None."""
     for flag, value, known in (
-        ("--workloads", args.workloads, ("W1", "W2", "W3", "W4", "W5", "W6")),
+        ("--workloads", args.workloads, ("W1", "W2", "W3", "W4", "W5", "W6", "W7")),
         ("--contenders", args.contenders, (*TRAIN_CONTENDERS, "fastnn-est", "sklearn-est")),
     ):
         unknown = [v for v in (value or "").split(",") if value and v not in known]
@@ -645,7 +656,9 @@ def add_parser(sub):
         default=None,
         help="comma-separated subset of: " + ",".join(TRAIN_CONTENDERS),
     )
-    p.add_argument("--workloads", default=None, help="comma-separated subset of W1,W2,W3,W4,W5,W6")
+    p.add_argument(
+        "--workloads", default=None, help="comma-separated subset of W1,W2,W3,W4,W5,W6,W7"
+    )
     p.add_argument(
         "--no-compile",
         action="store_true",

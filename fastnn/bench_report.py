@@ -6,6 +6,7 @@ Each function takes the report dict that :func:`fastnn.bench.run_suite` returns
 
 import time
 
+from .bench_dask import search_summary
 from .bench_estimators import estimator_summary
 
 
@@ -63,6 +64,9 @@ _ROW_LABELS = {
     ("W6", "sklearn-est"): "scikit-learn `MLPClassifier.fit`",
     ("W1-est", "fastnn-est"): "`fastnn.MLPClassifier.fit` (sgd, W1's network)",
     ("W1-est", "network-sgd"): "`Network.SGD` (log-loss, same network and batch)",
+    ("W7", "search-serial"): "`GridSearchCV`, `n_jobs=1` (per search)",
+    ("W7", "search-dask"): "`GridSearchCV` on a Dask `LocalCluster` (per search)",
+    ("W7", "search-loky"): "`GridSearchCV`, joblib `n_jobs=2` (per search)",
     ("W4-batch", "fastnn-f32"): "fastnn, 10,000 images in one call",
     ("W4-batch", "reference"): "reference, one BLAS product per layer",
     ("W4-single", "fastnn-f32"): "fastnn, one image per call",
@@ -125,7 +129,7 @@ def format_markdown(report):
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     order = ["W1", "W1-calls", "W1-busy1", "W1-busy2", "W2", "W2-busy1", "W2-busy2"]
-    order += ["W3", "W3-busy1", "W3-busy2", "W4-batch", "W4-single", "W5", "W6", "W1-est"]
+    order += ["W3", "W3-busy1", "W3-busy2", "W4-batch", "W4-single", "W5", "W6", "W1-est", "W7"]
     rows = [r for r in res if r["workload"].split("-threads")[0] in order]
     rows.sort(
         key=lambda r: (
@@ -136,7 +140,11 @@ def format_markdown(report):
     )
     for r in rows:
         sp = f"{r['speedup']:.2f}x" if r["speedup"] else ""
-        note = r["note"] if r["contender"].startswith(("fastnn", "sgd", "sklearn-est")) else ""
+        note = (
+            r["note"]
+            if r["contender"].startswith(("fastnn", "sgd", "sklearn-est", "search"))
+            else ""
+        )
         lines.append(
             f"| {r['workload'].split('-threads')[0]} | {_label(r, cores)} | "
             f"{r['median_s']:.4g} | {sp} | {r['gflops']:.1f} | {note} |"
@@ -156,6 +164,7 @@ def format_markdown(report):
             "`SGD` call (timed in turn with the plain call).",
         ]
     lines += estimator_summary(res)
+    lines += search_summary(res, report.get("search"))
     w1 = {r["contender"]: r["median_s"] for r in res if r["workload"] == "W1"}
     if "fastnn-f32" in w1 and "per-sample" in w1:
         lines += [

@@ -1,7 +1,9 @@
 """How training runs in its process: threads, team size, epoch segments, fork safety.
 
 * :func:`num_threads` sets Numba's thread count for a call;
-  :func:`_team_size` and :func:`_usable_cpus` size an epoch driver's team.
+  :func:`_team_size` and :func:`_usable_cpus` size an epoch driver's team;
+  :func:`thread_budget` is what a call uses by default (inside a Dask
+  worker, the worker's share; :func:`parallel_section` enforces it).
 * An epoch runs as calls of whole mini-batches of about ``SEGMENT_FLOPS`` of
   work (:func:`_segment_samples`), so that Ctrl-C is seen between calls.
 * A process forked after the GNU OpenMP runtime ran a parallel region cannot
@@ -14,6 +16,7 @@ import contextlib
 import math
 import numbers
 import os
+import sys
 import threading
 
 import numba
@@ -68,13 +71,49 @@ def _team_size(most):
 
 def _usable_cpus():
     """CPUs this process may really use: its affinity mask (where the OS has one), capped
-    by a cgroup CPU quota (containers: ``docker --cpus``, Kubernetes CPU limits)."""
+    by a cgroup CPU quota (containers: ``docker --cpus``, Kubernetes CPU limits) and,
+    in a task of a Dask worker, by the worker's share (:func:`_dask_task_threads`)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:
         cpus = os.cpu_count() or 1
     quota = cgroup_cpu_limit()
-    return max(1, min(cpus, quota)) if quota else cpus
+    cpus = max(1, min(cpus, quota)) if quota else cpus
+    share = _dask_task_threads()
+    return min(cpus, share) if share else cpus
+
+
+def _dask_task_threads():
+    """In a Dask worker (a thread running one of its tasks, or a worker process): the
+    worker's thread count (``nthreads``, ``threads_per_worker``) divided among the tasks
+    it is running now (at least 1).  Else None.  Dask's nanny sets
+    ``OMP_NUM_THREADS=1`` for BLAS but nothing for Numba, which would otherwise
+    start one thread per core in every worker.  Looks only if ``distributed``
+    is already imported (it never imports it)."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
+    try:
+        worker = distributed.get_worker()
+    except (ValueError, AttributeError):  # not in a task: a worker process's own worker
+        workers = list(getattr(getattr(distributed, "Worker", None), "_instances", ()))
+        if len(workers) != 1:
+            return None
+        worker = workers[0]
+    state = getattr(worker, "state", worker)
+    try:
+        nthreads = int(state.nthreads)
+        running = int(state.executing_count)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return max(1, nthreads // max(1, running))
+
+
+def thread_budget():
+    """The most threads a fastnn call in this thread uses by default: Numba's thread
+    count (``NUMBA_NUM_THREADS``, as set by joblib's loky workers), capped by the CPUs
+    this process may use and, in a Dask task, by its worker's share."""
+    return min(numba.get_num_threads(), _usable_cpus())
 
 
 def _read(path):
@@ -246,11 +285,18 @@ _SERIAL = threading.Lock()
 def parallel_section():
     """Enclose a call of a parallel kernel.
 
-    Numba's ``workqueue`` threading layer aborts the process when two Python
+    In a Dask worker, the kernel runs with at most the worker's share of
+    threads (:func:`_dask_task_threads`).  Numba's ``workqueue`` threading
+    layer aborts the process when two Python
     threads run parallel regions at once; under it (or before the first
     parallel region has chosen a layer) calls take turns.  Under the OpenMP
     and TBB layers this costs nothing and threads overlap.
     """
+    share = _dask_task_threads()
+    if share is not None and numba.get_num_threads() > share:
+        with num_threads(share), parallel_section():
+            yield
+        return
     try:
         serial = numba.threading_layer() == "workqueue"
     except ValueError:  # no parallel region has run yet: the layer is not chosen

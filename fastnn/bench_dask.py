@@ -1,0 +1,122 @@
+"""Benchmark row W7: a hyper-parameter search, serial against a Dask cluster and joblib.
+
+An 8-candidate, 2-fold ``GridSearchCV`` of a 784-32-10 ``fastnn.MLPClassifier``
+(adam, batch 200, ``SEARCH_EPOCHS`` epochs) on the training images, timed
+whole three ways, in turn within every round:
+
+* ``serial``: ``n_jobs=1``, fastnn's default threads;
+* ``dask``: ``joblib.parallel_backend("dask")`` on a ``LocalCluster`` of two
+  worker processes with one thread each (started and warmed once, before
+  timing: ``fastnn.dask.warmup``; the data scattered to every worker once,
+  ``parallel_backend("dask", scatter=[X, y])``, as a session would);
+* ``loky``: joblib's own ``n_jobs=2`` (worker processes reused across rounds).
+
+The cluster start, warm-up and scatter are timed apart (``cluster_start_s``,
+``warmup_s``, ``scatter_s``), as is each task of the search (``task_s``: one fit and its
+scoring), from which the README estimates larger searches.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+SEARCH_EPOCHS = 5
+GRID = {"alpha": [1e-4, 1e-2], "learning_rate_init": [1e-3, 3e-3], "batch_size": [100, 200]}
+
+
+def _search(n_jobs):
+    from sklearn.model_selection import GridSearchCV
+
+    from . import MLPClassifier
+
+    est = MLPClassifier(hidden_layer_sizes=(32,), max_iter=SEARCH_EPOCHS, random_state=0)
+    return GridSearchCV(est, GRID, cv=2, n_jobs=n_jobs)
+
+
+def search_runs(data, rounds, budget, log=print):
+    """Results of W7 (``fastnn.bench.Result``) and a dict of the one-off costs."""
+    import distributed
+    import joblib
+
+    from . import dask as fdask
+    from .bench import Run, _result, time_interleaved
+
+    X, y = data.X, data.y
+    extra = {}
+    t = time.perf_counter()
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = distributed.Client(cluster)
+    extra["cluster_start_s"] = time.perf_counter() - t
+    try:
+        t = time.perf_counter()
+        fdask.warmup(client)
+        extra["warmup_s"] = time.perf_counter() - t
+        fits = {}
+
+        def run(kind):
+            def fn():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if kind == "loky":  # inside the dask context below: name loky
+                        with joblib.parallel_backend("loky"):
+                            fits[kind] = _search(2).fit(X, y)
+                    else:  # n_jobs=1 runs in this process whatever the backend
+                        fits[kind] = _search(1 if kind == "serial" else 2).fit(X, y)
+
+            return Run(fn, 16 * (len(X) // 2) * SEARCH_EPOCHS, 1.0, threads="all")
+
+        kinds = ("serial", "dask", "loky")
+        runs = [run(k) for k in kinds]
+        t = time.perf_counter()
+        # the data goes to every worker once, as a user's session would ship it once
+        with joblib.parallel_backend("dask", scatter=[X, y]):
+            extra["scatter_s"] = time.perf_counter() - t
+            times = time_interleaved(runs, rounds, budget)
+        same = all(
+            list(fits[k].cv_results_["mean_test_score"])
+            == list(fits["serial"].cv_results_["mean_test_score"])
+            for k in kinds
+        )
+        res = fits["serial"].cv_results_
+        extra["task_s"] = float((res["mean_fit_time"] + res["mean_score_time"]).mean())
+        extra["identical_cv_results"] = same
+        results = []
+        for kind, r, ts in zip(kinds, runs, times):
+            r.note = (
+                "8 candidates x 2 folds, whole search"
+                + (", 2 workers x 1 thread" if kind == "dask" else "")
+                + (", n_jobs=2" if kind == "loky" else "")
+                + ("" if same else "; cv_results_ differ from serial")
+            )
+            out = _result("W7", f"search-{kind}", 0, r, ts, 0.0)
+            results.append(out)
+            log(f"  W7         search-{kind:<6} {out.median_s:9.3f} s per search")
+        return results, extra
+    finally:
+        client.close()
+        cluster.close()
+
+
+def search_summary(res, extra):
+    """Markdown lines: the cluster's and loky's speed-up over the serial search."""
+    by = {r["contender"]: r["median_s"] for r in res if r["workload"] == "W7"}
+    if not {"search-serial", "search-dask", "search-loky"} <= set(by):
+        return []
+    s, d, lk = by["search-serial"], by["search-dask"], by["search-loky"]
+    line = (
+        f"W7 (8-candidate, 2-fold search of 784-32-10, {SEARCH_EPOCHS} epochs): serial "
+        f"{s:.2f} s, Dask LocalCluster (2 workers x 1 thread) {d:.2f} s ({s / d:.2f}x faster), "
+        f"joblib `n_jobs=2` {lk:.2f} s ({s / lk:.2f}x)"
+    )
+    if extra:
+        line += (
+            f"; once per session: cluster start {extra.get('cluster_start_s', 0):.1f} s, "
+            f"warm-up {extra.get('warmup_s', 0):.1f} s, data scatter "
+            f"{extra.get('scatter_s', 0):.1f} s; {extra.get('task_s', 0):.2f} s per task "
+            f"(one fit + scoring, serial); identical `cv_results_`: "
+            f"{'yes' if extra.get('identical_cv_results') else 'no'}"
+        )
+    return ["", line + "."]
