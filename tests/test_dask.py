@@ -16,7 +16,11 @@ pytest.importorskip("dask_ml")
 import dask  # noqa: E402
 import joblib  # noqa: E402
 import numba  # noqa: E402
-from sklearn.model_selection import GridSearchCV, cross_validate  # noqa: E402
+from sklearn.model_selection import (  # noqa: E402
+    GridSearchCV,
+    RandomizedSearchCV,
+    cross_validate,
+)
 
 import fastnn  # noqa: E402
 import fastnn.dask  # noqa: E402
@@ -106,6 +110,16 @@ def test_grid_search_on_the_cluster_equals_serial(client, digits):
         key = f"split{k}_test_score"
         assert list(serial.cv_results_[key]) == list(dist.cv_results_[key])
     np.testing.assert_array_equal(serial.best_estimator_.coefs_[0], dist.best_estimator_.coefs_[0])
+    rnd = dict(n_iter=3, cv=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        serial_rnd = RandomizedSearchCV(_search().estimator, _search().param_grid, **rnd)
+        serial_rnd.fit(X, y)
+        with joblib.parallel_backend("dask"):
+            dist_rnd = RandomizedSearchCV(_search().estimator, _search().param_grid, **rnd)
+            dist_rnd.set_params(n_jobs=2).fit(X, y)
+    for key in _SEARCH_COLUMNS:
+        assert list(serial_rnd.cv_results_[key]) == list(dist_rnd.cv_results_[key]), key
     local = cross_validate(
         fastnn.MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, random_state=0), X, y, cv=3
     )
@@ -197,6 +211,17 @@ def test_restarted_workers_start_warm(client):
     client.restart()
     stats = client.run(_optim_cache_stats)
     assert all(h >= 1 and m == 0 for h, m in stats.values()), stats
+
+
+def _plugin_seconds(dask_worker):
+    return dask_worker.plugins["fastnn-warmup"].seconds
+
+
+def test_warmup_plugin_runs_on_every_worker(client):
+    client.register_plugin(fastnn.dask.WarmupPlugin())
+    seconds = client.run(_plugin_seconds)
+    assert set(seconds) == set(client.scheduler_info()["workers"])
+    assert all(s is not None and s >= 0 for s in seconds.values()), seconds
 
 
 def test_memory_mapped_training_data(tmp_path, mnist):
