@@ -89,7 +89,11 @@ def input_gradient(net, X, y=None, *, layer=None, neuron=None):
         neurons = np.asarray(neuron)
         if neurons.dtype.kind not in "iu":
             raise TypeError(f"neuron must be an integer or integers, got {neuron!r}")
-        neurons = np.broadcast_to(neurons, (n,)).astype(np.int64)
+        if neurons.ndim > 1 or neurons.size not in (1, n):
+            raise ValueError(
+                f"neuron must be one integer or one per row of X ({n}), got shape {neurons.shape}"
+            )
+        neurons = np.broadcast_to(neurons.reshape(-1), (n,)).astype(np.int64)
         if neurons.min() < 0 or neurons.max() >= width:
             raise ValueError(f"neuron must be in [0, {width - 1}] for layer {layer}")
         labels = np.zeros(n, np.int64)

@@ -84,6 +84,8 @@ def test_input_gradient_rejects_bad_requests():
         I.input_gradient(net, X, layer=0, neuron=5)
     with pytest.raises(ValueError, match=r"layer must be in \[-3, 2\]"):
         I.input_gradient(net, X, layer=3, neuron=0)
+    with pytest.raises(ValueError, match=r"one per row of X \(3\), got shape \(2,\)"):
+        I.input_gradient(net, X, layer=0, neuron=[0, 1])
     with pytest.raises(TypeError, match="neuron must be an integer"):
         I.input_gradient(net, X, layer=0, neuron=0.5)
     with pytest.raises(ValueError, match=r"shape \(n_samples, 7\)"):
