@@ -15,6 +15,7 @@ import numpy as np
 
 try:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 except ImportError as e:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         "fastnn's figures need matplotlib: pip install 'fastnn[plot]' (or matplotlib)"
@@ -86,6 +87,7 @@ def activations_figure(image, activations, label=None):
         ax.bar(np.arange(len(a)), a, color=colours)
         ax.set_title(f"output: {int(a.argmax())}" if last else f"hidden layer {l + 1}", fontsize=8)
         ax.set_xlabel("neuron", fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=6)
     fig.tight_layout()
     return fig
