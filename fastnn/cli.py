@@ -268,9 +268,8 @@ def _add_inspect(sub):
 
 
 def _experiment(args):
-    import json
-
     from .experiments import memorization
+    from .persistence import write_json
 
     problem = _out_dir(args.out)
     if problem:
@@ -313,16 +312,11 @@ def _experiment(args):
     except (TypeError, ValueError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    path = os.path.join(args.out, "memorization.json")
-    with open(path, "w") as f:
-        json.dump(res, f, indent=1)
-    written = [path]
+    written = [write_json(os.path.join(args.out, "memorization.json"), res)]
     if _have_matplotlib():
-        from .figures import memorization_figure
+        from .figures import memorization_figure, save
 
-        path = os.path.join(args.out, "memorization.png")
-        memorization_figure(res).savefig(path)
-        written.append(path)
+        written.append(save(memorization_figure(res), os.path.join(args.out, "memorization.png")))
     print("wrote " + ", ".join(written))
     if len(written) == 1:
         print(_NO_FIGURES)

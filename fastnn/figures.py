@@ -24,6 +24,14 @@ except ImportError as e:  # pragma: no cover - exercised by a subprocess test
 DPI = 100
 
 
+def save(fig, path):
+    """Write ``fig`` as a PNG file at ``path``, atomically (see
+    :func:`fastnn.persistence.write_atomic`); returns the path."""
+    from .persistence import write_atomic
+
+    return write_atomic(path, lambda f: fig.savefig(f, format="png"))
+
+
 def _image_shape(n):
     """28x28 for MNIST, a square when ``n`` is one, else one row."""
     r = math.isqrt(n)
@@ -55,6 +63,15 @@ def _tiles(images, titles, cmap, centred, suptitle, cols=None):
     fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _grouped_bars(ax, series, ticks):
+    """One group of bars per tick, one bar per series (``{legend label: values}``)."""
+    width = 0.8 / len(series)
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar(np.arange(len(ticks)) + i * width, values, width, label=label)
+    ax.set_xticks(np.arange(len(ticks)) + 0.4 - width / 2)
+    ax.set_xticklabels(ticks)
 
 
 def weights_figure(images, title="weights"):
@@ -114,12 +131,8 @@ def gradient_bars_figure(named):
     """Per-layer gradient norms of a few networks side by side (``{name: norms}``), log scale."""
     fig = Figure(figsize=(5, 3.2), dpi=DPI)
     ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / len(named)
-    for i, (name, norms) in enumerate(named.items()):
-        x = np.arange(len(norms)) + i * width
-        ax.bar(x, norms, width, label=name)
-    ax.set_xticks(np.arange(len(norms)) + 0.4 - width / 2)
-    ax.set_xticklabels([f"layer {l + 1}" for l in range(len(norms))])
+    n = len(next(iter(named.values())))
+    _grouped_bars(ax, named, [f"layer {l + 1}" for l in range(n)])
     ax.set_yscale("log")
     ax.set_ylabel("|gradient| of the layer (W and b)")
     ax.legend(fontsize=7)
@@ -164,19 +177,12 @@ def noise_figure(noise):
     """Fraction of inputs given each class, per input kind, with the mean top output."""
     fig = Figure(figsize=(6, 3.2), dpi=DPI)
     ax = fig.add_subplot(1, 1, 1)
-    kinds = list(noise)
-    width = 0.8 / len(kinds)
-    k = len(noise[kinds[0]]["class_fractions"])
-    for i, kind in enumerate(kinds):
-        r = noise[kind]
-        ax.bar(
-            np.arange(k) + i * width,
-            r["class_fractions"],
-            width,
-            label=f"{kind} (mean top output {r['mean_top_output']:.2f})",
-        )
-    ax.set_xticks(np.arange(k) + 0.4 - width / 2)
-    ax.set_xticklabels([str(c) for c in range(k)])
+    series = {
+        f"{kind} (mean top output {r['mean_top_output']:.2f})": r["class_fractions"]
+        for kind, r in noise.items()
+    }
+    k = len(next(iter(series.values())))
+    _grouped_bars(ax, series, [str(c) for c in range(k)])
     ax.set_xlabel("class answered")
     ax.set_ylabel("fraction of inputs")
     ax.legend(fontsize=7)
@@ -257,6 +263,7 @@ _READING = {
 def write_report(net, out_dir, numbers, preferred, lousy_images, image):
     """The PNG files of ``python -m fastnn inspect`` and ``report.md``; returns their paths."""
     from .inspect import weight_images
+    from .persistence import write_atomic
 
     figs = {}
     L = net.num_layers - 1
@@ -289,9 +296,7 @@ def write_report(net, out_dir, numbers, preferred, lousy_images, image):
         "",
     ]
     for name, fig in figs.items():
-        path = os.path.join(out_dir, name)
-        fig.savefig(path)
-        written.append(path)
+        written.append(save(fig, os.path.join(out_dir, name)))
         n = "".join(ch for ch in name if ch.isdigit())
         key = name if name in _READING else name.replace(n, "{n}", 1)
         lines += [
@@ -302,8 +307,6 @@ def write_report(net, out_dir, numbers, preferred, lousy_images, image):
             _READING[key].format(n=n),
             "",
         ]
-    path = os.path.join(out_dir, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
-    written.append(path)
+    report = "\n".join(lines).encode()
+    written.append(write_atomic(os.path.join(out_dir, "report.md"), lambda f: f.write(report)))
     return written

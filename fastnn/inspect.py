@@ -25,14 +25,15 @@ The memorization experiment is :func:`fastnn.experiments.memorization`.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
 from . import kernels, runtime
+from ._checks import _positive_real
 from .kernels.inputs import input_gradient as _input_gradient_kernel
-from .layout import COSTS
+from .layout import COSTS, layer_norms
+from .persistence import write_json
 from .reference import cost as _cost_per_row
 from .reference import one_hot
 
@@ -135,6 +136,7 @@ def preferred_inputs(net, layer=0, *, steps=200, step=0.05, seed=0):
     steps = int(steps)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    step = _positive_real("step", step)
     width, n_in = net.sizes[li + 1], net.sizes[0]
     rng = np.random.default_rng(seed)
     X = np.clip(0.5 + 0.01 * rng.standard_normal((width, n_in)), 0, 1).astype(net.dtype)
@@ -160,8 +162,7 @@ def layer_activations(net, x):
 
 def gradient_norms(net, X, y):
     """Length of each layer's part (``W`` and ``b``) of the gradient of the average cost."""
-    g = net.gradient(X, y).astype(np.float64)
-    return np.sqrt(np.add.reduceat(g * g, net._offs))
+    return layer_norms(net.gradient(X, y), net.sizes)
 
 
 def top_gradient_components(net, X, y, k=10):
@@ -303,8 +304,9 @@ def report(net, out_dir, train, test, *, image=0, probe=1000, seed=0, figures=Tr
     )
     hidden = list(range(net.num_layers - 2))
     preferred = {li: preferred_inputs(net, li, seed=seed) for li in hidden}
-    worst = lousiest(net, Xte, yte, k=16)
-    digits = net._inputs(Xte)
+    digits = net._inputs(Xte)  # converted once: the calls below get the working array
+    worst = lousiest(net, digits, yte, k=16)
+    cm = confusion_matrix(net, digits, yte)
     x0 = digits[image]
     numbers = {
         "model": {
@@ -314,13 +316,13 @@ def report(net, out_dir, train, test, *, image=0, probe=1000, seed=0, figures=Tr
             "cost": net.cost_name,
             "n_params": net.n_params,
         },
-        "test_accuracy": float(net.accuracy(Xte, yte)),
-        "test_cost": float(example_costs(net, Xte, yte).mean()),
+        "test_accuracy": float(np.trace(cm) / len(yte)),
+        "test_cost": float(example_costs(net, digits, yte).mean()),
         "gradient_norms": gradient_norms(net, Xp, yp).tolist(),
         "gradient_norms_at_init": gradient_norms(fresh, Xp, yp).tolist(),
         "gradient_probe_samples": int(len(Xp)),
         "top_gradient_components": top_gradient_components(net, Xp[:10], yp[:10], k=10),
-        "confusion_matrix": confusion_matrix(net, Xte, yte),
+        "confusion_matrix": cm,
         "lousiest": worst,
         "image": {
             "index": int(image),
@@ -333,11 +335,7 @@ def report(net, out_dir, train, test, *, image=0, probe=1000, seed=0, figures=Tr
     numbers["noise"] = noise
     numbers["noise_class_fractions"] = noise["uniform"]["class_fractions"]
     numbers = _json_ready(numbers)
-    written = []
-    path = os.path.join(out_dir, "inspect.json")
-    with open(path, "w") as f:
-        json.dump(numbers, f, indent=1)
-    written.append(path)
+    written = [write_json(os.path.join(out_dir, "inspect.json"), numbers)]
     if figures:
         from . import figures as fig
 

@@ -56,3 +56,11 @@ def unpack(theta, sizes):
         weights.append(theta[o : o + n_in * n_out].reshape(n_out, n_in))
         biases.append(theta[o + n_in * n_out : o + n_in * n_out + n_out])
     return weights, biases
+
+
+def layer_norms(vector, sizes):
+    """Euclidean length of each layer's part (``W`` and ``b``, contiguous) of a vector laid
+    out like the parameters, in float64: one value per layer."""
+    offs, _ = layer_offsets(sizes)
+    v = np.asarray(vector, np.float64)
+    return np.sqrt(np.add.reduceat(v * v, offs))

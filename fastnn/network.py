@@ -33,6 +33,7 @@ from .layout import (
     HIDDEN_ACTIVATIONS,
     OUTPUT_ACTIVATIONS,
     activation_offsets,
+    layer_norms,
     layer_offsets,
     unpack,
 )
@@ -387,16 +388,8 @@ class Network(InputsMixin):
         grad = np.empty_like(self._theta)
 
         def norms():
-            runtime._check_not_forked()
-            with runtime.parallel_section():
-                kernels.gradient(
-                    *self._kernel_args(), Xp, yp, b.ident, b.ident, b.A, b.D, b.G, grad
-                )
-            g = grad.astype(np.float64) / Xp.shape[0]
-            if self.weight_decay:
-                for gW, W in zip(unpack(g, self._size_list)[0], self.weights):
-                    gW += self.weight_decay * W
-            return np.sqrt(np.add.reduceat(g * g, self._offs)).tolist()
+            self._mean_cost_and_gradient(Xp, yp, b, grad)
+            return layer_norms(grad, self._size_list).tolist()
 
         return norms
 
@@ -678,10 +671,15 @@ class Network(InputsMixin):
     def _cost_and_gradient(self, X, y):
         X = self._inputs(X)
         y = self._labels(y, X.shape[0])
+        b = kernels.samples_buffers(self._size_list, X.shape[0], self.dtype)
+        grad = np.empty_like(self._theta)
+        return self._mean_cost_and_gradient(X, y, b, grad), grad
+
+    def _mean_cost_and_gradient(self, X, y, b, grad):
+        """Average cost of validated ``(X, y)``, its gradient into ``grad`` (``b``: the
+        buffers of ``samples_buffers`` for ``len(X)`` samples); weight decay included."""
         runtime._check_not_forked()
         n = X.shape[0]
-        b = kernels.samples_buffers(self._size_list, n, self.dtype)
-        grad = np.empty_like(self._theta)
         with runtime.parallel_section():
             total = kernels.gradient(
                 *self._kernel_args(), X, y, b.ident, b.ident, b.A, b.D, b.G, grad
@@ -693,7 +691,7 @@ class Network(InputsMixin):
             for W, g in zip(self.weights, gW):
                 g += self.weight_decay * W
                 cost += 0.5 * self.weight_decay * float(np.dot(W.ravel(), W.ravel()))
-        return cost, grad
+        return cost
 
     def cost(self, X: npt.ArrayLike, y: npt.ArrayLike) -> float:
         """Average cost over the rows of ``X`` (plus the weight-decay penalty)."""

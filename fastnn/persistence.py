@@ -1,7 +1,9 @@
 """Model files: ``.npz`` archives without pickle, written atomically and read defensively.
 
-:func:`write_model` writes beside the final name, flushes to disk and renames,
-so a crash never leaves a half-written model where a good one was.
+:func:`write_model` (through :func:`write_atomic`, which also writes the
+files of ``inspect`` and ``experiment``) writes beside the final name,
+flushes to disk and renames, so a crash never leaves a half-written file
+where a good one was.
 :func:`read_model` checks the archive's members (names, dtypes, shapes, sizes)
 from their headers before reading any of them, so a small hostile file cannot
 make fastnn allocate gigabytes, and every problem is a ``ValueError`` naming
@@ -9,6 +11,7 @@ the file.
 """
 
 import contextlib
+import json
 import os
 import tempfile
 import zipfile
@@ -28,14 +31,25 @@ def write_model(path, fields):
     Returns ``path`` (as a string).  A directory, or a folder that does not
     exist, raises ``OSError`` before anything is written.
     """
+    return write_atomic(path, lambda f: np.savez(f, **fields), "the model file's path")
+
+
+def write_atomic(path, write, what="a file path"):
+    """Call ``write(f)`` on a binary file that becomes ``path`` only once it is complete.
+
+    The file is written beside ``path``, flushed to disk and renamed over it,
+    so an interrupted write leaves any earlier file at ``path`` whole.
+    Returns ``path`` (as a string); a directory at ``path`` raises
+    ``IsADirectoryError`` (asking for ``what``) before anything is written.
+    """
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise IsADirectoryError(f"{path} is a directory; give the model file's path")
+        raise IsADirectoryError(f"{path} is a directory; give {what}")
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".part", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **fields)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -153,3 +167,8 @@ def read_model(path):
     if not np.isfinite(theta).all():
         raise bad("the parameters contain NaN or infinite values")
     return out
+
+
+def write_json(path, obj):
+    """:func:`write_atomic` of ``obj`` as indented JSON text."""
+    return write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))

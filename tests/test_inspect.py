@@ -114,6 +114,13 @@ def test_preferred_input_of_a_first_layer_neuron_is_its_weight_signs():
     np.testing.assert_allclose(act, best, rtol=1e-6)
 
 
+def test_preferred_inputs_reject_a_bad_step():
+    with pytest.raises(ValueError, match="step must be a finite real number, got nan"):
+        I.preferred_inputs(_net(), 0, step=float("nan"))
+    with pytest.raises(ValueError, match="step must be positive, got -0.1"):
+        I.preferred_inputs(_net(), 0, step=-0.1)
+
+
 def test_preferred_inputs_raise_deeper_activations():
     net = _net(h="relu", o="softmax", c="log_loss", sizes=(20, 8, 6, 3))
     start = I.preferred_inputs(net, 1, steps=0)[1]
