@@ -151,7 +151,7 @@ class _BaseMLP(BaseEstimator):
             self.out_activation_ = "logistic"
         self._sizes = list(sizes)
         self._offs, n = layer_offsets(sizes)
-        self._theta = np.empty(n, dtype)
+        self._theta = kernels.line_aligned_empty(n, dtype)
         weights, biases = unpack(self._theta, sizes)
         factor = 2.0 if self.activation == "logistic" else 6.0
         for W, b, fan_in, fan_out in zip(weights, biases, sizes[:-1], sizes[1:]):
@@ -321,17 +321,14 @@ class _BaseMLP(BaseEstimator):
                     stacklevel=4,
                 )
             m = int(np.clip(self.batch_size, 1, n))
-        buf = optim.optim_buffers(self._sizes, m, self._theta.dtype)
-        args = self._kernel_args()
-        opt = optim.ADAM if self.solver == "adam" else optim.SGD
-        inputs = self._sparse_inputs(X)
+        epoch = self._plain_sgd_epoch(X, T, w, m) or self._optim_epoch(X, T, w, m)
         sample_idx = np.arange(n, dtype=np.int64)
         self.n_iter_ = 0  # as scikit-learn: the epochs of this call
         try:
             for _ in range(self.max_iter):
                 if self.shuffle:
                     sample_idx = _shuffle(sample_idx, random_state=self._random_state)
-                total = self._epoch(args, inputs, T, w, sample_idx, m, buf, opt)
+                total = epoch(sample_idx)
                 self.n_iter_ += 1
                 self.loss_ = total / n
                 self.t_ += n
@@ -375,12 +372,59 @@ class _BaseMLP(BaseEstimator):
             return X
         return kernels.csr_rows(X, self._dtype(), indptr)
 
+    def _optim_epoch(self, X, T, w, m):
+        """The epoch function (sample order -> sum of step losses x step sizes) of the
+        ``"optim"`` driver (:func:`fastnn.kernels.optim.run_epoch`)."""
+        buf = optim.optim_buffers(self._sizes, m, self._theta.dtype)
+        args = self._kernel_args()
+        opt = optim.ADAM if self.solver == "adam" else optim.SGD
+        inputs = self._sparse_inputs(X)
+        self._driver = "optim"
+
+        def epoch(perm):
+            return self._epoch(args, inputs, T, w, perm, m, buf, opt)
+
+        return epoch
+
     def _epoch(self, args, inputs, T, w, perm, m, buf, opt):
-        """One compiled epoch (:func:`fastnn.kernels.optim.run_epoch`); returns the sum of
-        step losses x step sizes."""
+        """One compiled epoch of the ``"optim"`` driver; returns the sum of step losses x step
+        sizes."""
         return self._run(
             optim.run_epoch, args, inputs, T, w, perm, m, buf, opt, self._hyper, self._state
         )[0]
+
+    def _plain_sgd_epoch(self, X, T, w, m):
+        """The epoch function of ``Network``'s drivers (the fast path of ``Network.SGD``), or
+        None when they would not compute the same steps.
+
+        They do for plain SGD (an optimiser made without momentum, ``alpha=0``), unweighted
+        samples and a softmax output with log-loss (multiclass).  The steps are scikit-learn's;
+        the reported loss takes ``log(max(p, 1e-300))`` where scikit-learn clips ``p`` to
+        ``[eps, 1-eps]``, which differs only for outputs within ``eps`` of 0 or 1.
+        """
+        h = self._hyper
+        if not (
+            self.solver == "sgd"
+            and h[optim.MOMENTUM] == 0
+            and h[optim.ALPHA] == 0
+            and self.out_activation_ == "softmax"
+            and (w == 1).all()
+        ):
+            return None
+        from .network import Network
+        from .prepared import PreparedData
+
+        net = Network._over(self._theta, self._sizes, _HIDDEN[self.activation])
+        prep = PreparedData(net, (X, T.argmax(axis=1)), validated=True)
+        run_epoch = net._trainer(prep, m, h[optim.LR])[2]
+        self._driver = run_epoch.driver
+
+        def epoch(perm):
+            runtime._check_not_forked()
+            with runtime.num_threads(self.threads):
+                return run_epoch(perm, tune=self.threads is None, rate=h[optim.LR])[0]
+
+        return epoch
 
     def _stop(self, msg):
         """scikit-learn's ``trigger_stopping``: stop, or (adaptive SGD) divide the rate by 5."""

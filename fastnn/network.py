@@ -160,6 +160,16 @@ class Network(InputsMixin):
             W[...] = self._rng.standard_normal(W.shape) * scale
             b[...] = self._rng.standard_normal(b.shape)
 
+    @classmethod
+    def _over(cls, theta: np.ndarray, sizes: Sequence[int], activation: str) -> Network:
+        """A softmax + log-loss network whose parameter vector is ``theta`` itself (no copy):
+        training it trains the owner of ``theta`` (the estimators' plain SGD runs through the
+        fast drivers this way)."""
+        net = cls(sizes, activation, cost="log_loss", dtype=theta.dtype, seed=0)
+        net._theta = theta
+        net.weights, net.biases = unpack(theta, net._size_list)
+        return net
+
     # ------------------------------------------------------------------ helpers
     @property
     def sizes(self) -> list[int]:
@@ -501,10 +511,11 @@ class Network(InputsMixin):
         args = self._kernel_args()
         seg = runtime._segment_samples(self.n_params, m)
 
-        def run_epoch(perm, tune=True):
+        def run_epoch(perm, tune=True, rate=eta):
             # Whole mini-batches per call, so that Ctrl-C is seen between calls (the
             # parameters are then those after the last completed step).  With ``tune`` the
             # thread count of each call follows the tuner (one thread beside busy processes).
+            # ``rate``: this epoch's learning rate (the estimators' schedules change it).
             runtime._check_not_forked()
             threads = numba.get_num_threads()
             key = (name, tuple(self._size_list), m, self.dtype.str, threads)
@@ -524,7 +535,7 @@ class Network(InputsMixin):
                         m,
                         buffers,
                         runtime._team_size(most),
-                        eta,
+                        rate,
                         self.weight_decay,
                     )
                     if tuner:

@@ -12,8 +12,11 @@ class PreparedData:
     ``X`` is the validated input array (not converted), ``y`` the int64 labels.
     """
 
-    def __init__(self, net, training_data):
-        self.X, self.y = net._data(training_data, "training_data", convert=False)
+    def __init__(self, net, training_data, *, validated=False):
+        if validated:  # ``(X, y)`` already checked by the caller (the estimators), y int64
+            self.X, self.y = training_data
+        else:
+            self.X, self.y = net._data(training_data, "training_data", convert=False)
         self.n_in, self.n_out, self.dtype = net._size_list[0], net._size_list[-1], net.dtype
         self._density = self._csr = self._dense = self._indptr = None
 

@@ -169,6 +169,110 @@ def test_weights_do_not_depend_on_threads():
     assert np.array_equal(one._theta, every._theta)
 
 
+PLAIN_SGD = dict(solver="sgd", momentum=0.0, alpha=0.0)
+
+
+def _mnist_like(n=600, n_in=64, seed=0):
+    """Inputs about 80% zeros (the CSR drivers' territory), four classes."""
+    rng = np.random.default_rng(seed)
+    X = rng.random((n, n_in)) * (rng.random((n, n_in)) < 0.2)
+    y = (X[:, : n_in // 2].sum(axis=1) > X[:, n_in // 2 :].sum(axis=1)) + 2 * (X[:, 0] > 0)
+    return X, y.astype(int)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "invscaling", "adaptive"])
+@pytest.mark.parametrize("data", ["dense", "mostly-zero"])
+def test_plain_sgd_trains_in_network_drivers_as_scikit_learn_does(schedule, data):
+    """Plain SGD (no momentum, no alpha, unweighted, multiclass) runs in Network.SGD's fast
+    drivers, the same steps as scikit-learn's to 1e-10 in float64."""
+    X, y = _classification(classes=4) if data == "dense" else _mnist_like()
+    kw = dict(
+        hidden_layer_sizes=(16, 8),
+        max_iter=30,
+        random_state=3,
+        batch_size=10,
+        learning_rate_init=0.1,
+        learning_rate=schedule,
+        tol=0.02,
+        n_iter_no_change=2,
+        **PLAIN_SGD,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        want = sknn.MLPClassifier(**kw).fit(X, y)
+        got = MLPClassifier(dtype="float64", **kw).fit(X, y)
+    assert got._driver == ("sparse" if data == "mostly-zero" else "samples")
+    assert got.n_iter_ == want.n_iter_ and got.t_ == want.t_  # constant stops, adaptive decays
+    assert got._hyper[0] == pytest.approx(want._optimizer.learning_rate, rel=1e-12)
+    assert _max_diff(got, want) < 1e-10
+    np.testing.assert_allclose(got.loss_curve_, want.loss_curve_, rtol=1e-9)
+
+
+def test_plain_sgd_partial_fit_in_network_drivers_as_scikit_learn_does():
+    X, y = _mnist_like()
+    kw = dict(hidden_layer_sizes=(12,), random_state=0, batch_size=16, **PLAIN_SGD)
+    want, got = sknn.MLPClassifier(**kw), MLPClassifier(dtype="float64", **kw)
+    for k in range(3):
+        part = slice(200 * k, 200 * (k + 1))
+        want.partial_fit(X[part], y[part], classes=[0, 1, 2, 3])
+        got.partial_fit(X[part], y[part], classes=[0, 1, 2, 3] if k == 0 else None)
+        assert got._driver == "sparse"
+    assert _max_diff(got, want) < 1e-10
+    assert got.loss_ == pytest.approx(want.loss_, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [dict(momentum=0.5), dict(alpha=1e-4), dict(solver="adam"), "weighted", "binary"],
+    ids=["momentum", "alpha", "adam", "weighted", "binary"],
+)
+def test_other_settings_train_in_the_optim_driver(change):
+    X, y = _classification(classes=2 if change == "binary" else 3)
+    params = dict(hidden_layer_sizes=(8,), max_iter=2, random_state=0, **PLAIN_SGD)
+    if isinstance(change, dict):
+        params.update(change)
+    sw = np.linspace(0.5, 2, len(y)) if change == "weighted" else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = MLPClassifier(**params).fit(X, y, sample_weight=sw)
+    assert est._driver == "optim"
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        "check_fit_idempotent",
+        "check_estimators_pickle",
+        "check_methods_sample_order_invariance",
+        "check_sample_weight_equivalence_on_dense_data",
+        "check_readonly_memmap_input",
+        "check_n_features_in_after_fitting",
+    ],
+)
+def test_scikit_learn_checks_on_the_plain_sgd_path(check):
+    """A selection of scikit-learn's checks on an estimator that trains in Network's drivers
+    (not all: ``check_classifiers_train`` fails for scikit-learn's own MLPClassifier with
+    momentum=0 and alpha=0, an accuracy bound its default learning rate does not reach)."""
+    from sklearn.utils import estimator_checks as ec
+
+    est = MLPClassifier(random_state=0, dtype="float64", **PLAIN_SGD)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        getattr(ec, check)("MLPClassifier", est)
+
+
+def test_plain_sgd_weights_do_not_depend_on_threads():
+    X, y = _mnist_like(2000, 784)
+    kw = dict(hidden_layer_sizes=(16, 16), max_iter=2, random_state=0, batch_size=10, **PLAIN_SGD)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        one = MLPClassifier(threads=1, **kw).fit(X, y)
+        two = MLPClassifier(threads=2, **kw).fit(X, y)
+        default = MLPClassifier(**kw).fit(X, y)
+    assert one._driver == "sparse"
+    assert np.array_equal(one._theta, two._theta) and np.array_equal(one._theta, default._theta)
+
+
 def test_clone_pipeline_grid_search_and_pickle_give_the_same_predictions():
     X, y = _classification()
     est = MLPClassifier(hidden_layer_sizes=(12,), max_iter=30, random_state=0)
