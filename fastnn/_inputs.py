@@ -7,7 +7,18 @@ the kernels never see data they cannot handle.
 
 import numpy as np
 
-from . import kernels
+from . import kernels, runtime
+
+
+def kernel_dtype(dtype):
+    """Whether the counting and CSR kernels (:mod:`fastnn.kernels.csr`) take inputs of
+    ``dtype`` as they are: native byte order, integers or floats, not float16."""
+    return (
+        dtype.isnative
+        and dtype.kind in "iuf"
+        and dtype.itemsize in (1, 2, 4, 8)
+        and dtype != np.float16
+    )
 
 
 class InputsMixin:
@@ -70,19 +81,15 @@ class InputsMixin:
         never made, so the training set is copied once (except for dtypes the
         kernels do not take, such as float16 or non-native byte order, which
         are converted to the working dtype first).  ``indptr``: the row
-        pointers of ``X`` if already counted (``kernels.count_nonzero_rows``).
+        pointers of ``X`` if already counted (``kernels.count_rows``).
         """
-        if not (
-            X.dtype.isnative
-            and X.dtype.kind in "iuf"
-            and X.dtype.itemsize in (1, 2, 4, 8)
-            and X.dtype != np.float16
-        ):
+        if not kernel_dtype(X.dtype):
             X = self._working(X, name)
             indptr = None
         pixels = X.dtype == np.uint8  # scaled to [0, 1] as _working scales them
-        table = np.arange(256).astype(self.dtype) / self.dtype.type(255) if pixels else None
-        indptr, indices, values = kernels.csr_rows(X, self.dtype, indptr, table)
+        indptr, indices, values = kernels.csr_rows(
+            X, self.dtype, indptr, 255.0 if pixels else 1.0, runtime.thread_budget()
+        )
         if not pixels and values.dtype != X.dtype and not np.isfinite(values).all():
             raise ValueError(f"{name} has values too large for {self.dtype.name}")
         return indptr, indices, values
@@ -114,10 +121,11 @@ class InputsMixin:
             raise ValueError(f"{name}: target vectors must be one-hot (fastnn trains classifiers)")
         return Y.argmax(axis=1)
 
-    def _data(self, data, name, convert=True):
+    def _data(self, data, name, convert=True, check_finite=True):
         """``(X, y)`` from an ``(X, y)`` pair of arrays or a sequence of ``(x, y)`` pairs.
 
-        ``convert=False``: ``X`` validated but not converted (see ``_inputs``).
+        ``convert=False``: ``X`` validated but not converted (see ``_inputs``);
+        ``check_finite=False``: the caller checks for NaN and infinities.
         """
         if (
             isinstance(data, (tuple, list))
@@ -137,5 +145,5 @@ class InputsMixin:
                 y = np.array([v.item() for v in ys])
             else:
                 y = self._from_one_hot(np.stack([np.ravel(v) for v in ys]), name)
-        X = self._inputs(X, name + " inputs", convert=convert)
+        X = self._inputs(X, name + " inputs", check_finite=check_finite, convert=convert)
         return X, self._labels(y, X.shape[0], name + " labels")

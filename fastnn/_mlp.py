@@ -367,10 +367,11 @@ class _BaseMLP(BaseEstimator):
         if len(self._sizes) < 3:
             return X
         indptr = np.empty(X.shape[0] + 1, np.int64)
-        nnz = kernels.count_nonzero_rows(X, indptr)
+        threads = runtime.thread_budget() if self.threads is None else self.threads
+        nnz = kernels.count_rows(X, indptr, threads)[0]
         if nnz > kernels.SPARSE_MAX_DENSITY * X.size:
             return X
-        return kernels.csr_rows(X, self._dtype(), indptr)
+        return kernels.csr_rows(X, self._dtype(), indptr, threads=threads)
 
     def _optim_epoch(self, X, T, w, m):
         """The epoch function (sample order -> sum of step losses x step sizes) of the

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from . import kernels
+from . import kernels, runtime
+from ._inputs import kernel_dtype
 
 
 class PreparedData:
@@ -13,12 +14,21 @@ class PreparedData:
     """
 
     def __init__(self, net, training_data, *, validated=False):
+        self._density = self._csr = self._dense = self._indptr = None
         if validated:  # ``(X, y)`` already checked by the caller (the estimators), y int64
             self.X, self.y = training_data
         else:
-            self.X, self.y = net._data(training_data, "training_data", convert=False)
+            # The NaN/inf check of inputs the kernels take is done by the pass that counts
+            # the non-zeros (one pass over X instead of two).
+            self.X, self.y = net._data(
+                training_data, "training_data", convert=False, check_finite=False
+            )
+            if kernel_dtype(self.X.dtype):
+                if self._count() and self.X.dtype.kind == "f":
+                    raise ValueError("training_data inputs contains NaN or infinite values")
+            else:
+                net._check_finite(self.X, "training_data inputs")
         self.n_in, self.n_out, self.dtype = net._size_list[0], net._size_list[-1], net.dtype
-        self._density = self._csr = self._dense = self._indptr = None
 
     def check_fits(self, net):
         """Raise ``ValueError`` unless ``net`` has the input size, class count and dtype these
@@ -34,16 +44,21 @@ class PreparedData:
     def __len__(self):
         return self.X.shape[0]
 
+    def _count(self):
+        """Count the non-zeros per row (the CSR row pointers and the density); returns the
+        number of NaN and infinite values."""
+        self._indptr = np.empty(self.X.shape[0] + 1, np.int64)
+        nnz, bad = kernels.count_rows(self.X, self._indptr, runtime.thread_budget())
+        self._density = nnz / self.X.size
+        return bad
+
     def density(self):
         """The fraction of non-zero inputs (counted per row, for the CSR form)."""
         if self._density is None:
-            X = self.X
-            if X.dtype.isnative and X.dtype.kind in "iuf" and X.dtype != np.float16:
-                self._indptr = np.empty(X.shape[0] + 1, np.int64)
-                nnz = kernels.count_nonzero_rows(X, self._indptr)
+            if kernel_dtype(self.X.dtype):
+                self._count()
             else:
-                nnz = np.count_nonzero(X)
-            self._density = nnz / X.size
+                self._density = np.count_nonzero(self.X) / self.X.size
         return self._density
 
     def csr(self, net):

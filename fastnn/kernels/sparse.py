@@ -14,8 +14,8 @@ chunks of samples (:func:`sparse_chunks`, never the team size), and only
 deltas and small gradients cross cores, once per step.  Bit-identical for any
 team size.  The later layers run on the dense chunk kernels.
 
-The CSR form is built straight from the user's array in one compiled pass
-(:func:`csr_rows`): no dense float copy of the training set is made.
+The CSR form is built straight from the user's array (:mod:`.csr`): no dense
+float copy of the training set is made.
 """
 
 from typing import NamedTuple
@@ -33,66 +33,6 @@ from .lanes import LANES, _lanes_sparse_axpy, _lanes_sparse_dot
 from .team import _PATIENCE, _barrier, _join
 
 SPARSE_SAMPLES_PER_CHUNK = 5  # samples per chunk of a mini-batch (fewer lose the blocking)
-
-
-@njit(**_opts)
-def sparse_rows(X, indptr, indices, values, table):
-    """The CSR form of the 2-D array ``X``: fills ``indices`` and ``values``.
-
-    Call with the row pointers ``indptr`` from :func:`count_nonzero_rows`
-    and ``indices``/``values`` of at least ``indptr[-1] + 1`` entries (one
-    of slack).  Row ``i``'s non-zeros
-    are ``values[indptr[i]:indptr[i+1]]`` at columns ``indices[...]``,
-    ascending; each value is converted to ``values.dtype`` as NumPy's
-    ``astype`` would (``table`` None), or, for ``uint8`` inputs, looked up
-    in the 256-entry ``table`` (``table = arange(256).astype(dtype) / 255`` gives
-    pixels in [0, 1] exactly as ``astype(dtype) / 255`` does, without a
-    division per value, which cost 30 ms for MNIST).
-
-    Blocks of 16 inputs that are all zero are skipped after one vector
-    compare; the others are stored without a branch (every input is written
-    at the next free place, which advances only past non-zeros: the slack
-    entry takes the last row's final write).
-    """
-    n_in = X.shape[1]
-    for i in range(X.shape[0]):
-        row = X[i]
-        p = indptr[i]
-        k0 = 0
-        while k0 < n_in:
-            blk = row[k0 : k0 + 16] if k0 + 16 <= n_in else row[k0:n_in]
-            nz = 0
-            if blk.shape[0] == 16:  # constant trip count: one vector compare
-                for k in range(16):
-                    nz |= blk[k] != 0
-            else:
-                nz = 1
-            if nz:
-                for k in range(blk.shape[0]):
-                    x = blk[k]
-                    indices[p] = k0 + k
-                    if table is None:  # (pruned when compiled: one branch per signature)
-                        values[p] = values.dtype.type(x)
-                    else:
-                        values[p] = table[x]
-                    p += x != 0
-            k0 += 16
-
-
-@njit(**_opts)
-def count_nonzero_rows(X, indptr):
-    """``indptr[i+1]`` = the number of non-zero values in rows ``0..i`` of ``X`` (CSR row
-    pointers; ``indptr[0] = 0``); returns the total."""
-    total = 0
-    indptr[0] = 0
-    for i in range(X.shape[0]):
-        row = X[i]
-        c = 0
-        for k in range(X.shape[1]):
-            c += row[k] != 0
-        total += c
-        indptr[i + 1] = total
-    return total
 
 
 @njit(**_opts)
@@ -317,26 +257,6 @@ def train_epoch_sparse(
         total += CS[c, 0]
         correct += CS[c, 1]
     return total, correct
-
-
-def csr_rows(X, dtype, indptr=None, table=None):
-    """The CSR form ``(indptr, indices, values)`` of the 2-D array ``X`` in one compiled pass.
-
-    ``X`` has a native integer or float dtype the kernels take (not float16);
-    ``values`` are converted to ``dtype`` as ``astype`` would, or looked up
-    in ``table`` (uint8 ``X``, see :func:`sparse_rows`).  Column indices
-    are int16 where ``X`` has at most 32767 columns, int32 otherwise.
-    ``indptr``: row pointers already counted by :func:`count_nonzero_rows`
-    (the counting pass is then not repeated).
-    """
-    if indptr is None:
-        indptr = np.empty(X.shape[0] + 1, np.int64)
-        count_nonzero_rows(X, indptr)
-    nnz = int(indptr[-1])
-    indices = np.empty(nnz + 1, np.int16 if X.shape[1] <= 32767 else np.int32)
-    values = np.empty(nnz + 1, dtype)
-    sparse_rows(X, indptr, indices, values, table)
-    return indptr, indices[:nnz], values[:nnz]
 
 
 class SparseBuffers(NamedTuple):

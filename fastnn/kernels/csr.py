@@ -1,0 +1,117 @@
+"""The CSR form of the training inputs, built straight from the user's array.
+
+Two passes over ``X``, each shared out by rows among Python threads (the
+kernels release the GIL, so no ``parallel=True`` region is compiled for
+them):
+
+1. :func:`scan_rows` counts each row's non-zeros (the row pointers, hence the
+   density that chooses the driver) and, in the same pass, the NaN and
+   infinite values, so that float inputs need no separate finite check;
+2. :func:`fill_rows` stores each row's non-zeros, 16 inputs at a time with
+   compress-stores (:func:`._llvm._compress_nonzeros`), converting them to the
+   working dtype (uint8 pixels divided by 255, as ``astype(dtype) / 255``).
+
+No dense float copy of the training set is made.  Measured on MNIST (2-core
+VM, ``docs/performance-notes.md``): float32 pixels 112 ms to about 25 ms for
+the finite check, density and CSR form together; uint8 66 ms to about 10 ms.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numba import njit
+
+from ._jit import _opts
+from ._llvm import COMPRESS, _compress_nonzeros
+
+ROWS_PER_THREAD = 4096  # fewer rows per thread do not pay for the thread
+
+
+@njit(**_opts)
+def scan_rows(X, counts, r0, r1):
+    """``counts[i]`` = the number of non-zero values of row ``i`` of ``X``, for rows
+    ``r0:r1``; returns the number of NaN and infinite values in those rows."""
+    bad = 0
+    for i in range(r0, r1):
+        row = X[i]
+        c = 0
+        b = 0
+        for k in range(X.shape[1]):
+            x = row[k]
+            c += x != 0
+            b += (x - x) != 0  # NaN for NaN and infinities (0 for integers)
+        counts[i] = c
+        bad += b
+    return bad
+
+
+@njit(**_opts)
+def fill_rows(X, indptr, indices, values, divisor, r0, r1):
+    """The CSR form of rows ``r0:r1`` of ``X``: fills ``indices`` and ``values``.
+
+    ``indptr`` are the row pointers (from :func:`scan_rows`, cumulated); row
+    ``i``'s non-zeros go to ``values[indptr[i]:indptr[i+1]]`` at columns
+    ``indices[...]``, ascending, converted to ``values.dtype`` as ``astype``
+    converts and divided by ``divisor`` (1: not divided).
+    """
+    n_in = X.shape[1]
+    full = n_in // COMPRESS * COMPRESS
+    for i in range(r0, r1):
+        row = X[i]
+        p = indptr[i]
+        for k0 in range(0, full, COMPRESS):
+            p += _compress_nonzeros(row, k0, indices, values, p, divisor)
+        for k in range(full, n_in):
+            x = row[k]
+            if x != 0:
+                indices[p] = k
+                values[p] = values.dtype.type(x) / divisor
+                p += 1
+
+
+def _row_blocks(n, threads):
+    """Rows ``0:n`` cut into at most ``threads`` blocks of at least ``ROWS_PER_THREAD``."""
+    t = max(1, min(int(threads), n // ROWS_PER_THREAD))
+    return [(j * n // t, (j + 1) * n // t) for j in range(t)]
+
+
+def _each_block(fn, n, threads):
+    """``fn(r0, r1)`` for the row blocks of ``n`` rows, in Python threads; their results."""
+    blocks = _row_blocks(n, threads)
+    if len(blocks) == 1:
+        return [fn(*blocks[0])]
+    with ThreadPoolExecutor(len(blocks)) as pool:
+        return list(pool.map(lambda b: fn(*b), blocks))
+
+
+def count_rows(X, indptr, threads=1):
+    """Row pointers of the CSR form of ``X`` into ``indptr`` (``n + 1`` int64,
+    ``indptr[0] = 0``); returns ``(number of non-zeros, number of NaN/inf values)``."""
+    n = X.shape[0]
+    bad = sum(_each_block(lambda r0, r1: scan_rows(X, indptr[1:], r0, r1), n, threads))
+    indptr[0] = 0
+    np.cumsum(indptr[1:], out=indptr[1:])
+    return int(indptr[-1]), int(bad)
+
+
+def csr_rows(X, dtype, indptr=None, divisor=1.0, threads=1):
+    """The CSR form ``(indptr, indices, values)`` of the 2-D array ``X``.
+
+    ``X`` has a native integer or float dtype the kernels take (not float16);
+    ``values`` are converted to ``dtype`` as ``astype`` would and divided by
+    ``divisor`` (255 for uint8 pixels gives ``astype(dtype) / 255`` exactly).
+    Column indices are int16 where ``X`` has at most 32767 columns, int32
+    otherwise.  ``indptr``: row pointers already counted by
+    :func:`count_rows` (the counting pass is then not repeated).
+    """
+    if indptr is None:
+        indptr = np.empty(X.shape[0] + 1, np.int64)
+        count_rows(X, indptr, threads)
+    nnz = int(indptr[-1])
+    indices = np.empty(nnz, np.int16 if X.shape[1] <= 32767 else np.int32)
+    values = np.empty(nnz, dtype)
+    d = np.dtype(dtype).type(divisor)
+    _each_block(
+        lambda r0, r1: fill_rows(X, indptr, indices, values, d, r0, r1), X.shape[0], threads
+    )
+    return indptr, indices, values
