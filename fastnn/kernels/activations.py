@@ -101,8 +101,10 @@ def _exp_inplace(a, sigmoid=False):
 def _activate(a, act):
     """Apply activation ``act`` in place to the vector ``a``."""
     n = a.shape[0]
+    # A run-time bool for _exp_inplace: literal True/False arguments would compile it twice.
+    sigmoid = act == SIGMOID
     if act == SIGMOID:
-        _exp_inplace(a, True)
+        _exp_inplace(a, sigmoid)
     elif act == RELU:
         for j in range(n):
             if a[j] < _0:
@@ -113,7 +115,7 @@ def _activate(a, act):
     elif act == IDENTITY:
         pass
     elif act == EXP:
-        _exp_inplace(a, False)
+        _exp_inplace(a, sigmoid)
     else:  # SOFTMAX
         zmax = a[0]
         for j in range(1, n):
@@ -121,7 +123,7 @@ def _activate(a, act):
                 zmax = a[j]
         for j in range(n):
             a[j] -= zmax
-        _exp_inplace(a)
+        _exp_inplace(a, sigmoid)
         s = a[0] - a[0]
         for j in range(n):
             s += a[j]

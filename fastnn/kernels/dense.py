@@ -373,7 +373,10 @@ def _forward_chunk(theta, sizes, offs, aoff, hid, out, X, rows, ident, A, s0, s1
         n_in, n_out = sizes[l], sizes[l + 1]
         boff = offs[l] + n_in * n_out
         if l == 0:
-            _dense_forward(theta, offs[0], boff, n_in, n_out, X, rows, 0, A, aoff[0], s0, s1)
+            # np.int64(0), not 0: a literal argument would compile _dense_forward again
+            _dense_forward(
+                theta, offs[0], boff, n_in, n_out, X, rows, np.int64(0), A, aoff[0], s0, s1
+            )
         else:
             _dense_forward(
                 theta, offs[l], boff, n_in, n_out, A, ident, aoff[l - 1], A, aoff[l], s0, s1
