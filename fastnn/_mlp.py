@@ -199,6 +199,7 @@ class _BaseMLP(BaseEstimator):
         hidden = self._hidden_sizes()
         first_pass = not hasattr(self, "_theta") or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
+        indptr = self._count_rows(X)
         w = self._sample_weight(sample_weight, X, y)
         T = self._targets(y)
         sizes = [X.shape[1]] + hidden + [T.shape[1]]
@@ -217,13 +218,26 @@ class _BaseMLP(BaseEstimator):
         if self.solver == "lbfgs":
             self._fit_lbfgs(X, T, w)
         else:
-            self._fit_stochastic(X, T, w, incremental, X_val, y_val)
+            self._fit_stochastic(X, T, w, incremental, X_val, y_val, indptr)
         if not np.isfinite(self._theta).all():
             raise ValueError(
                 "Solver produced non-finite parameter weights. The input data may contain "
                 "large values and need to be preprocessed."
             )
         return self
+
+    def _count_rows(self, X):
+        """The CSR row pointers of ``X`` (its non-zeros counted per row); in the same pass
+        (shared among threads), the check for NaN and infinite values that scikit-learn's
+        validation would make separately."""
+        indptr = np.empty(X.shape[0] + 1, np.int64)
+        with runtime.num_threads(self.threads):
+            bad = kernels.count_rows(X, indptr, runtime.thread_budget())[1]
+        if bad:
+            raise ValueError(
+                f"Input X contains NaN, infinity or a value too large for {X.dtype.name}."
+            )
+        return indptr
 
     def _kernel_args(self):
         return (
@@ -281,7 +295,7 @@ class _BaseMLP(BaseEstimator):
         self._hyper = h
         self._state = np.zeros((2, self._theta.shape[0]), self._theta.dtype)
 
-    def _fit_stochastic(self, X, T, w, incremental, X_val, y_val):
+    def _fit_stochastic(self, X, T, w, incremental, X_val, y_val, indptr):
         if not incremental or not hasattr(self, "_hyper"):
             self._new_optimizer()
         self._hyper[optim.ALPHA] = self.alpha
@@ -307,6 +321,7 @@ class _BaseMLP(BaseEstimator):
             y_val = self._decode(T_val)
             w_val = None if np.all(w_val == 1) else w_val
             X = np.ascontiguousarray(X)
+            indptr = None  # the rows of X have changed: counted again
         if X_val is not None and self.validation_scores_ is None:
             self.validation_scores_ = []
             self.best_validation_score_ = -np.inf
@@ -321,7 +336,7 @@ class _BaseMLP(BaseEstimator):
                     stacklevel=4,
                 )
             m = int(np.clip(self.batch_size, 1, n))
-        epoch = self._plain_sgd_epoch(X, T, w, m) or self._optim_epoch(X, T, w, m)
+        epoch = self._plain_sgd_epoch(X, T, w, m, indptr) or self._optim_epoch(X, T, w, m, indptr)
         sample_idx = np.arange(n, dtype=np.int64)
         self.n_iter_ = 0  # as scikit-learn: the epochs of this call
         try:
@@ -361,25 +376,26 @@ class _BaseMLP(BaseEstimator):
         if early_stopping:
             self._theta[:] = self._best_theta
 
-    def _sparse_inputs(self, X):
+    def _sparse_inputs(self, X, indptr=None):
         """``X`` in CSR form when it is sparse enough for the CSR path (at most
-        ``kernels.SPARSE_MAX_DENSITY`` non-zero, a hidden layer), else ``X``."""
+        ``kernels.SPARSE_MAX_DENSITY`` non-zero, a hidden layer), else ``X``.  ``indptr``: the
+        row pointers of ``X`` if counted (:meth:`_count_rows`)."""
         if len(self._sizes) < 3:
             return X
-        indptr = np.empty(X.shape[0] + 1, np.int64)
-        threads = runtime.thread_budget() if self.threads is None else self.threads
-        nnz = kernels.count_rows(X, indptr, threads)[0]
-        if nnz > kernels.SPARSE_MAX_DENSITY * X.size:
+        if indptr is None:
+            indptr = self._count_rows(X)
+        if indptr[-1] > kernels.SPARSE_MAX_DENSITY * X.size:
             return X
-        return kernels.csr_rows(X, self._dtype(), indptr, threads=threads)
+        with runtime.num_threads(self.threads):
+            return kernels.csr_rows(X, self._dtype(), indptr, threads=runtime.thread_budget())
 
-    def _optim_epoch(self, X, T, w, m):
+    def _optim_epoch(self, X, T, w, m, indptr=None):
         """The epoch function (sample order -> sum of step losses x step sizes) of the
         ``"optim"`` driver (:func:`fastnn.kernels.optim.run_epoch`)."""
         buf = optim.optim_buffers(self._sizes, m, self._theta.dtype)
         args = self._kernel_args()
         opt = optim.ADAM if self.solver == "adam" else optim.SGD
-        inputs = self._sparse_inputs(X)
+        inputs = self._sparse_inputs(X, indptr)
         self._driver = "optim"
 
         def epoch(perm):
@@ -394,7 +410,7 @@ class _BaseMLP(BaseEstimator):
             optim.run_epoch, args, inputs, T, w, perm, m, buf, opt, self._hyper, self._state
         )[0]
 
-    def _plain_sgd_epoch(self, X, T, w, m):
+    def _plain_sgd_epoch(self, X, T, w, m, indptr=None):
         """The epoch function of ``Network``'s drivers (the fast path of ``Network.SGD``), or
         None when they would not compute the same steps.
 
@@ -416,8 +432,9 @@ class _BaseMLP(BaseEstimator):
         from .prepared import PreparedData
 
         net = Network._over(self._theta, self._sizes, _HIDDEN[self.activation])
-        prep = PreparedData(net, (X, T.argmax(axis=1)), validated=True)
-        run_epoch = net._trainer(prep, m, h[optim.LR])[2]
+        prep = PreparedData(net, (X, T.argmax(axis=1)), validated=True, indptr=indptr)
+        with runtime.num_threads(self.threads):  # for the CSR form too
+            run_epoch = net._trainer(prep, m, h[optim.LR])[2]
         self._driver = run_epoch.driver
 
         def epoch(perm):

@@ -149,6 +149,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             accept_sparse=["csr", "csc"],
             multi_output=True,
             dtype=self._dtype(),
+            ensure_all_finite=False,  # checked by the pass that counts the non-zeros (_fit)
             reset=reset,
         )
         X = _dense(X, self._dtype())
@@ -373,6 +374,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             multi_output=True,
             y_numeric=True,
             dtype=self._dtype(),
+            ensure_all_finite=False,  # checked by the pass that counts the non-zeros (_fit)
             reset=reset,
         )
         X = _dense(X, self._dtype())

@@ -304,10 +304,11 @@ class Network(InputsMixin):
         """
         epochs = _positive_int("epochs", epochs)
         opt = _optimizer_settings(optimizer, momentum, nesterov, betas, eps)
-        if opt is None:
-            X, y, run_epoch = self._trainer(training_data, mini_batch_size, eta, _driver)
-        else:
-            X, y, run_epoch = self._optim_trainer(training_data, mini_batch_size, eta, opt)
+        with runtime.num_threads(threads):  # preparing the data uses threads too
+            if opt is None:
+                X, y, run_epoch = self._trainer(training_data, mini_batch_size, eta, _driver)
+            else:
+                X, y, run_epoch = self._optim_trainer(training_data, mini_batch_size, eta, opt)
         test = self._data(test_data, "test_data") if test_data is not None else None
         n = X.shape[0]
         limit = self._explosion_limit(X, y)

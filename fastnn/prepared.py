@@ -13,10 +13,13 @@ class PreparedData:
     ``X`` is the validated input array (not converted), ``y`` the int64 labels.
     """
 
-    def __init__(self, net, training_data, *, validated=False):
+    def __init__(self, net, training_data, *, validated=False, indptr=None):
         self._density = self._csr = self._dense = self._indptr = None
         if validated:  # ``(X, y)`` already checked by the caller (the estimators), y int64
             self.X, self.y = training_data
+            if indptr is not None:  # the caller counted the non-zeros (kernels.count_rows)
+                self._indptr = indptr
+                self._density = indptr[-1] / self.X.size
         else:
             # The NaN/inf check of inputs the kernels take is done by the pass that counts
             # the non-zeros (one pass over X instead of two).

@@ -361,6 +361,28 @@ def test_errors_name_the_problem():
         MLPClassifier(threads=10**6, max_iter=1).fit(X, y)
 
 
+@pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_nan_and_infinity_in_X_are_named(cls, solver):
+    """The counting pass checks X for NaN and infinities in place of scikit-learn's check,
+    also for sparse matrices and with early stopping; a float64 value too large for float32
+    counts as infinite."""
+    import scipy.sparse
+
+    X, y = _mnist_like(300, 40)
+    for bad in (np.nan, np.inf, -np.inf, 1e300):
+        Xb = X.copy()
+        Xb[123, 7] = bad
+        for inputs in (Xb, scipy.sparse.csr_matrix(Xb)):
+            for early in (False, True):
+                est = cls(solver=solver, max_iter=2, early_stopping=early)
+                with pytest.raises(ValueError, match="Input X contains NaN, infinity or a value"):
+                    est.fit(inputs, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        cls(solver=solver, max_iter=2).fit(X, y)  # finite: fits
+
+
 def test_import_fastnn_does_not_import_scikit_learn():
     code = (
         "import sys, fastnn; print('sklearn' in sys.modules); fastnn.MLPClassifier; "
