@@ -10,7 +10,7 @@ Each is a Numba ``@intrinsic`` that emits a few LLVM instructions:
 * :func:`_times_pow2` -- ``p * 2**k`` from the exponent bits, for the
   vectorised ``exp`` (:mod:`.activations`);
 * :func:`_compress_nonzeros` -- ``llvm.masked.compressstore``: the non-zeros
-  of 16 inputs into the CSR arrays (:mod:`.sparse`).
+  of 16 inputs into the CSR arrays (:mod:`.csr`).
 """
 
 import platform
@@ -226,8 +226,9 @@ def _compress_nonzeros(typingctx, row, k0, indices, values, p, divisor):
     but with one vector compare and two compress-stores
     (``llvm.masked.compressstore``: ``vcompressps``/``vpcompressw`` on
     AVX-512, expanded by LLVM elsewhere), about 5x faster than the scalar
-    loop for MNIST.  NaN counts as non-zero.  No bounds checks: the caller
-    guarantees 16 inputs from ``k0`` and room for 16 entries from ``p``.
+    loop for MNIST.  NaN counts as non-zero.  Only the non-zeros are written.
+    No bounds checks: the caller guarantees 16 inputs from ``k0`` and room for
+    the non-zeros from ``p``.
     """
     if not _compress_types(row, k0, indices, values, p, divisor):
         return None

@@ -12,8 +12,9 @@ them):
    working dtype (uint8 pixels divided by 255, as ``astype(dtype) / 255``).
 
 No dense float copy of the training set is made.  Measured on MNIST (2-core
-VM, ``docs/performance-notes.md``): float32 pixels 112 ms to about 25 ms for
-the finite check, density and CSR form together; uint8 66 ms to about 10 ms.
+VM, ``docs/performance-notes.md``), the finite check, density and CSR form
+together: float32 pixels 114 ms before, 31 ms; uint8 78-80 ms before,
+14-17 ms.
 """
 
 from concurrent.futures import ThreadPoolExecutor
