@@ -27,7 +27,7 @@ class PreparedData:
                 training_data, "training_data", convert=False, check_finite=False
             )
             if kernel_dtype(self.X.dtype):
-                if self._count() and self.X.dtype.kind == "f":
+                if self._count():  # (integers never count as NaN or infinite)
                     raise ValueError("training_data inputs contains NaN or infinite values")
             else:
                 net._check_finite(self.X, "training_data inputs")
