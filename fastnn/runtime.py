@@ -200,11 +200,15 @@ class ThreadTuner:
     process has appeared), it tries the other on the next call instead of
     waiting out the interval: after a long idle run that wait was up to 128
     calls, and a bench run beside two busy processes stayed on both threads,
-    1.4-1.6x slower than one.  Trained weights are bit-identical whatever
+    1.4-1.6x slower than one.  A slowdown of one thread does not trigger a
+    trial: more load makes the team slower still, and the timings beside
+    busy processes jump by 30% all the time (a bench run beside two spent
+    20% of its time in such trials, each 2.5 calls' worth).  Trials of the
+    team are eighth-sized calls.  Trained weights are bit-identical whatever
     the thread count, so this changes speed only.
     """
 
-    FIRST, LONGEST, WEIGHT, MARGIN, SLOWDOWN = 8, 128, 0.3, 0.85, 1.3
+    FIRST, LONGEST, WEIGHT, MARGIN, SLOWDOWN, TEAM_TRIAL = 8, 128, 0.3, 0.85, 1.3, 0.125
 
     def __init__(self, threads):
         self.options = (threads, 1) if threads > 1 else (threads,)
@@ -217,7 +221,8 @@ class ThreadTuner:
 
     def choose(self):
         """``(threads, share)``: the thread count for the next call and the share of a
-        normal call's samples to give it (1, or 0.25 when trying the other choice)."""
+        normal call's samples to give it (1; 0.25 when trying one thread, 0.125 when
+        trying the team again: beside busy processes a team can be 8x slower)."""
         if len(self.options) == 1:
             return self.current, 1.0
         if self.calls < 2:  # the first call may compile or load the kernels: not timed
@@ -226,8 +231,9 @@ class ThreadTuner:
             return self.options[1], 1.0
         self.countdown -= 1
         if self.countdown <= 0:
-            other = self.options[1] if self.current == self.options[0] else self.options[0]
-            return other, 0.25
+            if self.current == self.options[0]:
+                return self.options[1], 0.25
+            return self.options[0], self.TEAM_TRIAL
         return self.current, 1.0
 
     def record(self, threads, seconds, samples):
@@ -246,7 +252,11 @@ class ThreadTuner:
         if threads == self.current:
             if self.settled is None:
                 self.settled = self.rate[threads]
-            elif self.rate[threads] > self.SLOWDOWN * self.settled and self.countdown > 1:
+            elif (
+                threads == self.options[0]  # a team that slows down: maybe a busy neighbour
+                and self.rate[threads] > self.SLOWDOWN * self.settled
+                and self.countdown > 1
+            ):
                 self.countdown = 1  # the load changed: try the other choice next
                 self.interval = self.FIRST
         other = self.options[1] if self.current == self.options[0] else self.options[0]

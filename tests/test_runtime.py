@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fastnn
@@ -102,6 +103,29 @@ def test_tuner_reacts_at_once_to_load_after_a_long_idle_run():
     machine.update({2: 1.0, 1: 1.6})  # one thread gets no slower when the load goes:
     _drive(tuner, machine.get, 300)  # the scheduled trials find two threads again
     assert tuner.current == 2
+
+
+def test_tuner_beside_busy_processes_seldom_tries_the_team_again():
+    """Beside two busy processes a team of two ran 8x slower per sample than one thread,
+    and one thread's own timings jumped by 30% and more from call to call.  Those jumps
+    must not set off trials of the team (more load only slows it further); the trials
+    that remain are eighth-sized, so the tuner stays within a few percent of one thread."""
+    rng = np.random.default_rng(0)
+    tuner = runtime.ThreadTuner(2)
+    _drive(tuner, {2: 1.0, 1: 1.6}.get, 50)  # idle first: settled on the team
+    cost = best = 0.0
+    chosen = []
+    for _ in range(400):
+        noise = rng.lognormal(0, 0.4)
+        machine = {1: 1.9 * noise, 2: 15.0 * noise}
+        chosen += _drive(tuner, machine.get, 1)
+        t, share = chosen[-1]
+        cost += machine[t] * share
+        best += machine[1] * share
+    trials = [share for t, share in chosen[10:] if t == 2]
+    assert tuner.current == 1
+    assert len(trials) <= 8 and set(trials) == {runtime.ThreadTuner.TEAM_TRIAL}
+    assert cost / best < 1.06  # before: 1.12, with 22 quarter-sized trials
 
 
 def test_tuner_with_one_thread_never_tries_anything():
