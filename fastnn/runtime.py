@@ -202,9 +202,9 @@ class ThreadTuner:
     calls, and a bench run beside two busy processes stayed on both threads,
     1.4-1.6x slower than one.  A slowdown of one thread does not trigger a
     trial: more load makes the team slower still, and the timings beside
-    busy processes jump by 30% all the time (a bench run beside two spent
-    20% of its time in such trials, each 2.5 calls' worth).  Trials of the
-    team are eighth-sized calls.  Trained weights are bit-identical whatever
+    busy processes jump by 30% and more from call to call (beside two, 4
+    of 7 W1 epochs carried such a trial, each costing 1.2-2.5 normal
+    calls).  Trials of the team are eighth-sized calls.  Trained weights are bit-identical whatever
     the thread count, so this changes speed only.
     """
 
@@ -222,7 +222,7 @@ class ThreadTuner:
     def choose(self):
         """``(threads, share)``: the thread count for the next call and the share of a
         normal call's samples to give it (1; 0.25 when trying one thread, 0.125 when
-        trying the team again: beside busy processes a team can be 8x slower)."""
+        trying the team again: beside busy processes a team ran up to 10x slower)."""
         if len(self.options) == 1:
             return self.current, 1.0
         if self.calls < 2:  # the first call may compile or load the kernels: not timed

@@ -125,7 +125,7 @@ def test_tuner_beside_busy_processes_seldom_tries_the_team_again():
     trials = [share for t, share in chosen[10:] if t == 2]
     assert tuner.current == 1
     assert len(trials) <= 8 and set(trials) == {runtime.ThreadTuner.TEAM_TRIAL}
-    assert cost / best < 1.06  # before: 1.12, with 22 quarter-sized trials
+    assert cost / best < 1.06  # before: 1.15, with 26 quarter-sized trials
 
 
 def test_tuner_with_one_thread_never_tries_anything():
