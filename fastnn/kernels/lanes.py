@@ -20,6 +20,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._llvm import _splat
+
 LANES = 16  # neurons per lane vector: one AVX-512 register of float32 (two of float64)
 
 
@@ -94,12 +96,7 @@ class _LaneIR:
 
     def splat(self, x):
         """A lane vector with every lane ``x``."""
-        i32 = ir.IntType(32)
-        undef = ir.Constant(self.vty, ir.Undefined)
-        v = self.builder.insert_element(undef, x, i32(0))
-        return self.builder.shuffle_vector(
-            v, undef, ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
-        )
+        return _splat(self.builder, self.vty, x)
 
     def fma(self, a, b, c):
         """``a * b + c`` lane by lane, one fused multiply-add (``llvm.fma``)."""
