@@ -88,11 +88,15 @@ class _LaneIR:
         """``name[index]`` (a scalar)."""
         return self.builder.load(self.ptr(name, index))
 
-    def weight_row(self, p):
-        """Pointer to the lane vector ``W[woff + idx[p]*ld:]`` of non-zero number ``p``."""
+    def weight_index(self, p):
+        """``woff + idx[p]*ld``: where non-zero number ``p``'s weights start in ``W``."""
         b = self.builder
         col = self.context.cast(b, self.load("idx", p), self.types["idx"].dtype, types.intp)
-        return self.vptr("W", b.add(self.intp("woff"), b.mul(col, self.intp("ld"))))
+        return b.add(self.intp("woff"), b.mul(col, self.intp("ld")))
+
+    def weight_row(self, p):
+        """Pointer to the lane vector ``W[woff + idx[p]*ld:]`` of non-zero number ``p``."""
+        return self.vptr("W", self.weight_index(p))
 
     def splat(self, x):
         """A lane vector with every lane ``x``."""
@@ -181,6 +185,98 @@ def _lanes_sparse_axpy(typingctx, W, woff, ld, idx, val, p0, p1, src, soff, alph
             row = v.weight_row(p)
             x = v.splat(builder.fmul(alpha_, v.load("val", p)))
             builder.store(v.fma(x, d, builder.load(row, align=v.align)), row, align=v.align)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# Row kernels: the same sums as plain loops over a row of neurons, ``nv`` lane
+# vectors at a time held in registers.  A Numba loop ``a[j] += v * w[j]`` over a
+# row loads and stores ``a`` once per non-zero (LLVM cannot keep a row in
+# registers across the loop over non-zeros); these load it once.  Each neuron's
+# sum runs in the order of the loop they replace (one multiply-add per term, in
+# order), so results are bit-identical to it.
+
+
+def _vector_count(nv):
+    """The literal ``nv`` (lane vectors per call) as an int, or None."""
+    if isinstance(nv, types.IntegerLiteral) and nv.literal_value in (1, 2, 4, 8):
+        return nv.literal_value
+    return None
+
+
+@intrinsic
+def _lanes_rows_dot(typingctx, W, woff, ld, idx, val, p0, p1, dst, doff, nv):
+    """``nv`` lane vectors of neurons over one sparse input; the same as::
+
+        for p in range(p0, p1):
+            c = woff + idx[p] * ld
+            dst[doff:doff + nv*16] += val[p] * W[c:c + nv*16]
+
+    one multiply-add per non-zero and neuron, in ``p`` order, ``dst`` kept in
+    registers.  ``nv``: a literal 1, 2, 4 or 8.  No bounds checks.
+    """
+    n = _vector_count(nv)
+    if n is None or not _lane_vector_args(W, idx, val, dst):
+        return None
+    sig = types.void(W, woff, ld, idx, val, p0, p1, dst, doff, nv)
+
+    def codegen(context, builder, signature, args):
+        v = _LaneIR(context, builder, signature, args, _DOT_ARGS)
+        intp = context.get_value_type(types.intp)
+        doff_ = v.intp("doff")
+        outs = [v.vptr("dst", builder.add(doff_, intp(LANES * q))) for q in range(n)]
+        accs = [cgutils.alloca_once_value(builder, builder.load(o, align=v.align)) for o in outs]
+        p0_ = v.intp("p0")
+        with cgutils.for_range(builder, builder.sub(v.intp("p1"), p0_)) as loop:
+            p = builder.add(p0_, loop.index)
+            x = v.splat(v.load("val", p))
+            row = v.weight_index(p)
+            for q in range(n):
+                w = builder.load(v.vptr("W", builder.add(row, intp(LANES * q))), align=v.align)
+                builder.store(v.fma(x, w, builder.load(accs[q])), accs[q])
+        for acc, out in zip(accs, outs):
+            builder.store(builder.load(acc), out, align=v.align)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_ROWS_AXPY_ARGS = ("W", "woff", "ld", "idx", "val", "p0", "p1", "src", "soff")
+
+
+@intrinsic
+def _lanes_rows_axpy(typingctx, W, woff, ld, idx, val, p0, p1, src, soff, nv):
+    """``nv`` lane vectors of one sparse input's gradient rows; the same as::
+
+        for p in range(p0, p1):
+            c = woff + idx[p] * ld
+            W[c:c + nv*16] += val[p] * src[soff:soff + nv*16]
+
+    one multiply-add per non-zero and lane, ``src`` loaded once.  ``src`` must
+    not overlap ``W``.  ``nv``: a literal 1, 2, 4 or 8.  No bounds checks.
+    """
+    n = _vector_count(nv)
+    if n is None or not _lane_vector_args(W, idx, val, src):
+        return None
+    sig = types.void(W, woff, ld, idx, val, p0, p1, src, soff, nv)
+
+    def codegen(context, builder, signature, args):
+        v = _LaneIR(context, builder, signature, args, _ROWS_AXPY_ARGS)
+        intp = context.get_value_type(types.intp)
+        soff_ = v.intp("soff")
+        d = [
+            builder.load(v.vptr("src", builder.add(soff_, intp(LANES * q))), align=v.align)
+            for q in range(n)
+        ]
+        p0_ = v.intp("p0")
+        with cgutils.for_range(builder, builder.sub(v.intp("p1"), p0_)) as loop:
+            p = builder.add(p0_, loop.index)
+            x = v.splat(v.load("val", p))
+            row = v.weight_index(p)
+            for q in range(n):
+                ptr = v.vptr("W", builder.add(row, intp(LANES * q)))
+                builder.store(v.fma(x, d[q], builder.load(ptr, align=v.align)), ptr, align=v.align)
         return context.get_dummy_value()
 
     return sig, codegen

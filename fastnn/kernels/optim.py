@@ -43,6 +43,7 @@ from .dense import (
     _forward_later,
     update_blocks,
 )
+from .lanes import LANES, _lanes_rows_axpy, _lanes_rows_dot
 
 # optimisers and the hyper-parameter vector ``hyper`` (float64)
 SGD, ADAM = 0, 1
@@ -118,6 +119,55 @@ def _chunk_gradient_targets(
 
 
 @njit(**_opts)
+def _rows_dot(W, ld, idx, val, p0, p1, dst, n):
+    """``dst[j] += sum_p val[p] * W[idx[p]*ld + j]`` for ``j < n``, ``p`` in ``[p0, p1)``
+    in order: lane vectors held in registers (:func:`.lanes._lanes_rows_dot`), 8, 4, 2,
+    1 at a time, then the last ``n % 16`` neurons one by one."""
+    j = 0
+    while j + 8 * LANES <= n:
+        _lanes_rows_dot(W, j, ld, idx, val, p0, p1, dst, j, 8)
+        j += 8 * LANES
+    if j + 4 * LANES <= n:
+        _lanes_rows_dot(W, j, ld, idx, val, p0, p1, dst, j, 4)
+        j += 4 * LANES
+    if j + 2 * LANES <= n:
+        _lanes_rows_dot(W, j, ld, idx, val, p0, p1, dst, j, 2)
+        j += 2 * LANES
+    if j + LANES <= n:
+        _lanes_rows_dot(W, j, ld, idx, val, p0, p1, dst, j, 1)
+        j += LANES
+    for c in range(j, n):
+        s = dst[c]
+        for p in range(p0, p1):
+            s += val[p] * W[idx[p] * ld + c]
+        dst[c] = s
+
+
+@njit(**_opts)
+def _rows_axpy(W, ld, idx, val, p0, p1, src, n):
+    """``W[idx[p]*ld + j] += val[p] * src[j]`` for ``j < n``, ``p`` in ``[p0, p1)``:
+    ``src`` held in registers (:func:`.lanes._lanes_rows_axpy`), as :func:`_rows_dot`."""
+    j = 0
+    while j + 8 * LANES <= n:
+        _lanes_rows_axpy(W, j, ld, idx, val, p0, p1, src, j, 8)
+        j += 8 * LANES
+    if j + 4 * LANES <= n:
+        _lanes_rows_axpy(W, j, ld, idx, val, p0, p1, src, j, 4)
+        j += 4 * LANES
+    if j + 2 * LANES <= n:
+        _lanes_rows_axpy(W, j, ld, idx, val, p0, p1, src, j, 2)
+        j += 2 * LANES
+    if j + LANES <= n:
+        _lanes_rows_axpy(W, j, ld, idx, val, p0, p1, src, j, 1)
+        j += LANES
+    for c in range(j, n):
+        x = src[c]
+        for p in range(p0, p1):
+            k = idx[p] * ld + c
+            W[k] += val[p] * x
+
+
+@njit(**_opts)
 def _sparse_first_layer(P, n1, boff, indptr, indices, values, rows, A, s0, s1, hid):
     """First layer from CSR inputs, ``W`` transposed (``P[k*n1:(k+1)*n1]`` is input ``k``'s
     weights to every neuron): ``A[i, :n1] = act(b + sum_p values[p] W^T[indices[p]])``."""
@@ -127,12 +177,7 @@ def _sparse_first_layer(P, n1, boff, indptr, indices, values, rows, A, s0, s1, h
         a = A[i, 0:n1]
         for j in range(n1):
             a[j] = b[j]
-        for p in range(indptr[r], indptr[r + 1]):
-            v = values[p]
-            k = indices[p]
-            wk = P[k * n1 : (k + 1) * n1]
-            for j in range(n1):
-                a[j] += v * wk[j]
+        _rows_dot(P, n1, indices, values, indptr[r], indptr[r + 1], a, n1)
         _activate(a, hid)
 
 
@@ -145,12 +190,7 @@ def _sparse_first_grad(g, n1, boff, indptr, indices, values, rows, D, s0, s1):
         d = D[i, 0:n1]
         for j in range(n1):
             gb[j] += d[j]
-        for p in range(indptr[r], indptr[r + 1]):
-            v = values[p]
-            k = indices[p]
-            gk = g[k * n1 : (k + 1) * n1]
-            for j in range(n1):
-                gk[j] += v * d[j]
+        _rows_axpy(g, n1, indices, values, indptr[r], indptr[r + 1], d, n1)
 
 
 @njit(**_opts)
