@@ -163,10 +163,23 @@ def test_dense_grad_every_blocking_remainder(n_out):
         np.testing.assert_allclose(g, want, rtol=1e-12, atol=1e-12)
 
 
+@numba.njit(**_opts)
+def _plain_backprop(theta, woff, n_in, n_out, D, d_col, A, a_col, s0, s1):
+    """The sums of :func:`_dense_backprop` as plain loops (``j`` in order), sigmoid."""
+    for i in range(s0, s1):
+        for k in range(n_in):
+            s = theta[0] - theta[0]
+            for j in range(n_out):
+                s += theta[woff + j * n_in + k] * D[i, d_col + j]
+            a = A[i, a_col + k]
+            D[i, a_col + k] = s * (a * (1 - a))
+
+
+# inputs 11 (one by one only), 16 (one lane vector), 83 (4 + 1 vectors + 3), 130 (8 vectors + 2)
+@pytest.mark.parametrize("n_in", [11, 16, 83, 130])
 @pytest.mark.parametrize("n_out", NEURONS)
-def test_dense_backprop_every_blocking_remainder(n_out):
+def test_dense_backprop_every_blocking_remainder(n_out, n_in):
     rng = np.random.default_rng(20 + n_out)
-    n_in = 11
     theta, woff, boff, W, b = _layer(rng, n_in, n_out)
     for count in SAMPLES:
         s0 = 1
@@ -177,5 +190,8 @@ def test_dense_backprop_every_blocking_remainder(n_out):
         want[s0 : s0 + count, 2 : 2 + n_in] = (
             (D[s0 : s0 + count, 2 + n_in : 2 + n_in + n_out] @ W) * a * (1 - a)
         )
+        plain = D.copy()
+        _plain_backprop(theta, woff, n_in, n_out, plain, 2 + n_in, A, 2, s0, s0 + count)
         _dense_backprop(theta, woff, n_in, n_out, D, 2 + n_in, A, 2, SIGMOID, s0, s0 + count)
         np.testing.assert_allclose(D, want, rtol=1e-12, atol=1e-12)
+        assert np.array_equal(D, plain)  # the same sums in the same order

@@ -40,6 +40,7 @@ from numba import njit, prange
 from ..layout import layer_offsets
 from ._jit import _0, _dot_opts, _opts
 from .activations import _activate, _any_nonfinite, _derivative, _output_deltas
+from .lanes import LANES, _lanes_rows_combine
 
 MAX_CHUNKS = 8  # chunks of a mini-batch, at most (every driver)
 UPDATE_BLOCK = 8192  # parameters per block of the parallel update pass
@@ -322,41 +323,43 @@ def _dense_grad(g, woff, boff, n_in, n_out, D, d_col, src, rows, src_col, s0, s1
 
 @njit(**_opts)
 def _dense_backprop(theta, woff, n_in, n_out, D, d_col, A, a_col, act, s0, s1):
-    """D[i, a_col+k] = (sum_j W[j, k] * D[i, d_col+j]) * act'(A[i, a_col+k])."""
+    """D[i, a_col+k] = (sum_j W[j, k] * D[i, d_col+j]) * act'(A[i, a_col+k]).
+
+    Four samples at a time (then one by one) and 64 inputs at a time (then
+    16, then one by one), the sums held in registers over ``j``
+    (:func:`.lanes._lanes_rows_combine`); each sum runs over ``j`` in order,
+    one multiply-add per term.
+    """
     i = s0
     while i < s1:
-        nb = 4 if i + 4 <= s1 else 1
-        for t in range(nb):
-            D[i + t, a_col : a_col + n_in] = 0.0
-        if nb == 4:
-            t0 = D[i, a_col : a_col + n_in]
-            t1 = D[i + 1, a_col : a_col + n_in]
-            t2 = D[i + 2, a_col : a_col + n_in]
-            t3 = D[i + 3, a_col : a_col + n_in]
-            for j in range(n_out):
-                w = theta[woff + j * n_in : woff + (j + 1) * n_in]
-                d0 = D[i, d_col + j]
-                d1 = D[i + 1, d_col + j]
-                d2 = D[i + 2, d_col + j]
-                d3 = D[i + 3, d_col + j]
-                for k in range(n_in):
-                    t0[k] += w[k] * d0
-                    t1[k] += w[k] * d1
-                    t2[k] += w[k] * d2
-                    t3[k] += w[k] * d3
+        ns = 4 if i + 4 <= s1 else 1
+        k = 0
+        if ns == 4:
+            while k + 4 * LANES <= n_in:
+                _lanes_rows_combine(theta, woff + k, n_in, n_out, D, i, d_col, a_col + k, 4, 4)
+                k += 4 * LANES
+            while k + LANES <= n_in:
+                _lanes_rows_combine(theta, woff + k, n_in, n_out, D, i, d_col, a_col + k, 4, 1)
+                k += LANES
         else:
-            t0 = D[i, a_col : a_col + n_in]
-            for j in range(n_out):
-                w = theta[woff + j * n_in : woff + (j + 1) * n_in]
-                d0 = D[i, d_col + j]
-                for k in range(n_in):
-                    t0[k] += w[k] * d0
-        for t in range(nb):
+            while k + 4 * LANES <= n_in:
+                _lanes_rows_combine(theta, woff + k, n_in, n_out, D, i, d_col, a_col + k, 1, 4)
+                k += 4 * LANES
+            while k + LANES <= n_in:
+                _lanes_rows_combine(theta, woff + k, n_in, n_out, D, i, d_col, a_col + k, 1, 1)
+                k += LANES
+        for t in range(ns):
+            d = D[i + t, d_col : d_col + n_out]
+            for c in range(k, n_in):
+                s = _0  # +0 as a float32; becomes float64 for float64 kernels
+                for j in range(n_out):
+                    s += theta[woff + j * n_in + c] * d[j]
+                D[i + t, a_col + c] = s
             dt = D[i + t, a_col : a_col + n_in]
             at = A[i + t, a_col : a_col + n_in]
-            for k in range(n_in):
-                dt[k] *= _derivative(at[k], act)
-        i += nb
+            for c in range(n_in):
+                dt[c] *= _derivative(at[c], act)
+        i += ns
 
 
 @njit(**_opts)

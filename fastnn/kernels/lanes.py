@@ -280,3 +280,74 @@ def _lanes_rows_axpy(typingctx, W, woff, ld, idx, val, p0, p1, src, soff, nv):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _sample_count(ns):
+    """The literal ``ns`` (samples per call) as an int, or None."""
+    if isinstance(ns, types.IntegerLiteral) and ns.literal_value in (1, 4):
+        return ns.literal_value
+    return None
+
+
+@intrinsic
+def _lanes_rows_combine(typingctx, W, woff, ld, n, D, i, dcol, tcol, ns, nv):
+    """Deltas one layer down, ``ns`` samples x ``nv`` lane vectors of inputs; the same as::
+
+        for s in range(ns):
+            t = D[i + s, tcol:tcol + nv*16]
+            t[:] = 0
+            for j in range(n):
+                t += W[woff + j*ld:woff + j*ld + nv*16] * D[i + s, dcol + j]
+
+    ``W`` row-major with ``ld`` values per row (the layer's ``n`` neurons by
+    its inputs), ``D`` a 2-D array of the same dtype; the ``ns*nv``
+    accumulators stay in registers, one multiply-add per term in ``j``
+    order.  ``ns``: a literal 1 or 4; ``nv``: 1, 2, 4 or 8.  No bounds checks;
+    the written columns must not overlap ``D[:, dcol:dcol + n]``.
+    """
+    s_, n_ = _sample_count(ns), _vector_count(nv)
+    if (
+        s_ is None
+        or n_ is None
+        or not (isinstance(W, types.Array) and W.ndim == 1 and isinstance(W.dtype, types.Float))
+        or not (isinstance(D, types.Array) and D.ndim == 2 and D.dtype == W.dtype)
+    ):
+        return None
+    sig = types.void(W, woff, ld, n, D, i, dcol, tcol, ns, nv)
+
+    def codegen(context, builder, signature, args):
+        names = ("W", "woff", "ld", "n", "D", "i", "dcol", "tcol")
+        v = _LaneIR(context, builder, signature, args, names)
+        intp = context.get_value_type(types.intp)
+        Dty, Dary = v.types["D"], v.arrays["D"]
+
+        def d_ptr(row, col):
+            return cgutils.get_item_pointer(
+                context, builder, Dty, Dary, [row, col], wraparound=False
+            )
+
+        rows = [builder.add(v.intp("i"), intp(s)) for s in range(s_)]
+        zero = ir.Constant(v.vty, [0.0] * LANES)
+        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(n_)] for _ in rows]
+        woff_, ld_, dcol_ = v.intp("woff"), v.intp("ld"), v.intp("dcol")
+        with cgutils.for_range(builder, v.intp("n")) as loop:
+            j = loop.index
+            base = builder.add(woff_, builder.mul(j, ld_))
+            w = [
+                builder.load(v.vptr("W", builder.add(base, intp(LANES * q))), align=v.align)
+                for q in range(n_)
+            ]
+            for row, acc in zip(rows, accs):
+                x = v.splat(builder.load(d_ptr(row, builder.add(dcol_, j))))
+                for q in range(n_):
+                    builder.store(v.fma(w[q], x, builder.load(acc[q])), acc[q])
+        tcol_ = v.intp("tcol")
+        for row, acc in zip(rows, accs):
+            for q in range(n_):
+                out = builder.bitcast(
+                    d_ptr(row, builder.add(tcol_, intp(LANES * q))), v.vty.as_pointer()
+                )
+                builder.store(builder.load(acc[q]), out, align=v.align)
+        return context.get_dummy_value()
+
+    return sig, codegen
