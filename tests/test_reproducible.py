@@ -28,6 +28,16 @@ for sizes, m, X, kw in [([100, 16, 16, 10], 10, sparse, {}),  # sparse driver
     net.SGD((X, y), 1, m, 0.1, quiet=True)
     out += [digest(net.parameters), digest(net.gradient(dense[:300], y[:300])),
             digest(net.feedforward(dense[:300])), digest(net.feedforward(dense[0]))]
+# float64: softmax's exp once fused its multiply-adds differently when compiled than
+# when loaded (the copies LLVM optimised inside different callers)
+net = fastnn.Network([100, 32, 10], activation="relu", output="softmax", cost="log_loss",
+                     seed=0, dtype=np.float64)
+net.SGD((sparse, y), 1, 32, 0.1, quiet=True)
+out += [digest(net.parameters), digest(net.feedforward(dense[:300]))]
+from fastnn import MLPClassifier  # the optim driver (Adam), CSR inputs
+est = MLPClassifier(hidden_layer_sizes=(24,), max_iter=1, random_state=0, dtype=np.float64)
+est.fit(sparse[:600], y[:600])
+out += [digest(c) for c in est.coefs_ + est.intercepts_]
 print(" ".join(out))
 """
 

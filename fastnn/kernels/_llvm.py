@@ -7,7 +7,8 @@ Each is a Numba ``@intrinsic`` that emits a few LLVM instructions:
   atomics the team barrier (:mod:`.team`) is built from;
 * :func:`_yield_cpu` (``sched_yield``) and :func:`_spin_pause` (x86 ``pause``)
   -- what a waiting team member does;
-* :func:`_times_pow2` -- ``p * 2**k`` from the exponent bits, for the
+* :func:`_times_pow2` -- ``p * 2**k`` from the exponent bits, and
+  :func:`_fma` -- ``llvm.fma``, one rounding where the code says so, for the
   vectorised ``exp`` (:mod:`.activations`);
 * :func:`_compress_nonzeros` -- ``llvm.masked.compressstore``: the non-zeros
   of 16 inputs into the CSR arrays (:mod:`.csr`).
@@ -178,6 +179,31 @@ def _times_pow2(typingctx, p, k):
             builder.shl(builder.add(ki, ity(bias)), ity(mant)), context.get_value_type(p)
         )
         return builder.fmul(args[0], scale)
+
+    return sig, codegen
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """``a * b + c`` with one rounding (``llvm.fma``), for floats (in the widest of their
+    types).
+
+    A fused multiply-add that does not depend on where LLVM inlines the
+    code: ``contract`` lets LLVM fuse or not as it optimises each copy of a
+    function, and the copies compiled into different callers did not agree.
+    """
+    if not all(isinstance(t, types.Float) for t in (a, b, c)):
+        return None
+    f = max((a, b, c), key=lambda t: t.bitwidth)
+    sig = f(a, b, c)
+
+    def codegen(context, builder, signature, args):
+        ty = context.get_value_type(f)
+        xs = [context.cast(builder, x, t, f) for x, t in zip(args, signature.args)]
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ty, [ty] * 3), "llvm.fma.f%d" % f.bitwidth
+        )
+        return builder.call(fn, xs)
 
     return sig, codegen
 

@@ -10,8 +10,8 @@ import numpy as np
 from numba import njit
 
 from ..layout import CROSS_ENTROPY, EXP, IDENTITY, QUADRATIC, RELU, SIGMOID, TANH
-from ._jit import _0, _1, _dot_opts, _opts
-from ._llvm import _times_pow2
+from ._jit import _0, _1, _dot_opts, _exact_opts, _opts
+from ._llvm import _fma, _times_pow2
 
 # exp(r) on |r| <= ln(2)/2 as a polynomial: Taylor terms to r**7 in float32 (truncation
 # below 2e-8, under one ulp) and to r**13 in float64 (below 1e-17).
@@ -26,35 +26,35 @@ _LN2_HI64, _LN2_LO64 = 6.93147180369123816490e-01, 1.90821492927058770002e-10
 _EXP_MAX32, _EXP_MIN32 = np.float32(88.3), np.float32(-87.3)
 
 
-@njit(inline="always", **_opts)
+@njit(inline="always", **_exact_opts)
 def _exp32(x):
     """exp(x) in float32 (see :func:`_exp_inplace`)."""
     x = _EXP_MAX32 if x > _EXP_MAX32 else x
     x = _EXP_MIN32 if x < _EXP_MIN32 else x
-    k = np.floor(x * _LOG2E32 + np.float32(0.5))
-    r = (x - k * _LN2_HI32) - k * _LN2_LO32
+    k = np.floor(_fma(x, _LOG2E32, np.float32(0.5)))
+    r = _fma(-k, _LN2_LO32, _fma(-k, _LN2_HI32, x))
     c = _INV_FACT32
     p = c[7]
     for i in range(6, -1, -1):
-        p = p * r + c[i]
+        p = _fma(p, r, c[i])
     return _times_pow2(p, np.int32(k))
 
 
-@njit(inline="always", **_opts)
+@njit(inline="always", **_exact_opts)
 def _exp64(x):
     """exp(x) in float64 (see :func:`_exp_inplace`)."""
     x = 709.0 if x > 709.0 else x
     x = -708.0 if x < -708.0 else x
-    k = np.floor(x * 1.4426950408889634 + 0.5)
-    r = (x - k * _LN2_HI64) - k * _LN2_LO64
+    k = np.floor(_fma(x, 1.4426950408889634, 0.5))
+    r = _fma(-k, _LN2_LO64, _fma(-k, _LN2_HI64, x))
     c = _INV_FACT64
     p = c[13]
     for i in range(12, -1, -1):
-        p = p * r + c[i]
+        p = _fma(p, r, c[i])
     return _times_pow2(p, np.int64(k))
 
 
-@njit(inline="always", **_opts)
+@njit(inline="always", **_exact_opts)
 def _exp_or_sigmoid(x, sigmoid, f32):
     """``1/(1 + exp(-x))`` if ``sigmoid``, else ``exp(x)``; float32 maths if ``f32``.
 
@@ -66,13 +66,18 @@ def _exp_or_sigmoid(x, sigmoid, f32):
     return _exp32(x) if f32 else _exp64(x)
 
 
-@njit(**_opts)
+@njit(**_exact_opts)
 def _exp_inplace(a, sigmoid=False):
     """``a[j] = exp(a[j])`` (or the sigmoid ``1/(1 + exp(-a[j]))``) in vector registers.
 
     No call to libm: range reduction ``x = k ln2 + r`` (ln2 in two parts,
     Cody-Waite, which reassociation would undo: no ``reassoc`` here), a
-    polynomial for ``exp(r)`` and ``2**k`` from its bits; within one ulp of
+    polynomial for ``exp(r)`` and ``2**k`` from its bits.  Every multiply-add
+    is an explicit :func:`._llvm._fma` and nothing else may be fused (no
+    ``contract``): with ``contract``, the copies of this function that LLVM
+    optimised inside different callers fused differently, and float64 runs
+    that compiled the kernels trained to other weights than runs that loaded
+    them from the cache.  Within one ulp of
     ``np.exp`` (tested).  Arguments are clamped to the finite range of the
     dtype (results stay finite and normal: ``exp(-200)`` gives about 1e-38
     in float32, not 0); NaN stays NaN.  Blocks of 16 and 8 with constant
