@@ -5,10 +5,11 @@ Where things are
 ================ ==============================================================
 module           defines
 ================ ==============================================================
-``_jit``         compile options (``_opts``, ``_dot_opts``), float32 constants
+``_jit``         compile options (``_opts``, ``_dot_opts``, ``_exact_opts``),
+                 float32 constants
 ``_llvm``        LLVM intrinsics: prefetch, atomics, pause/yield, ``p * 2**k``,
-                 compress-store
-``lanes``        16-neuron lane vectors over sparse inputs, in LLVM IR
+                 ``fma``, compress-store
+``lanes``        16-neuron lane vectors in LLVM IR: sparse inputs, row sums
 ``activations``  vectorised ``exp``, activations, derivatives, output deltas
 ``dense``        blocked forward / gradient / backprop, the ``"samples"`` driver,
                  the full-batch gradient

@@ -1,4 +1,4 @@
-"""Lane vectors: 16 neurons at a time over a sparse input, written in LLVM IR.
+"""Lane vectors: 16 neurons at a time, written in LLVM IR.
 
 The sparse-input driver (:mod:`.sparse`) stores the first layer's ``W``
 transposed, so that one input's weights to 16 neurons are one lane vector
@@ -6,12 +6,19 @@ transposed, so that one input's weights to 16 neurons are one lane vector
 forward pass is one vector multiply-add (:func:`_lanes_sparse_dot`) and so is
 the update (:func:`_lanes_sparse_axpy`).
 
+The row kernels hold up to eight lane vectors of sums in registers while
+they run over a sample's non-zero inputs (:func:`_lanes_rows_dot`,
+:func:`_lanes_rows_axpy`: the ``"optim"`` driver's first layer, any width)
+or over the neurons of the layer above (:func:`_lanes_rows_combine`: every
+driver's backpropagation); each sum runs in the order of the plain loop it
+replaces, so they round as it did.
+
 Why IR and not a Numba loop: LLVM fully unrolls a 16-iteration loop and then
 cannot rule out that the accumulator and ``W`` overlap, so it emits 16 scalar
 multiply-adds, each stored back; the sparse first layer written that way ran
 1.5-3x slower than the dense kernels.
 
-Neither intrinsic checks bounds: the caller guarantees every index
+No intrinsic checks bounds: the caller guarantees every index
 (``idx`` in ``[0, n_in)``, the lane vectors inside their arrays).
 """
 
