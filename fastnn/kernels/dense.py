@@ -322,6 +322,20 @@ def _dense_grad(g, woff, boff, n_in, n_out, D, d_col, src, rows, src_col, s0, s1
 
 
 @njit(**_opts)
+def _combine_lanes(theta, woff, n_in, n_out, D, i, d_col, a_col, ns):
+    """The sums of :func:`_dense_backprop` for samples ``i:i+ns`` (``ns`` a literal 4 or 1)
+    and the inputs of whole lane vectors, 64 then 16 at a time; returns how many inputs."""
+    k = 0
+    while k + 4 * LANES <= n_in:
+        _lanes_rows_combine(theta, woff + k, n_in, n_out, D, i, d_col, a_col + k, ns, 4)
+        k += 4 * LANES
+    while k + LANES <= n_in:
+        _lanes_rows_combine(theta, woff + k, n_in, n_out, D, i, d_col, a_col + k, ns, 1)
+        k += LANES
+    return k
+
+
+@njit(**_opts)
 def _dense_backprop(theta, woff, n_in, n_out, D, d_col, A, a_col, act, s0, s1):
     """D[i, a_col+k] = (sum_j W[j, k] * D[i, d_col+j]) * act'(A[i, a_col+k]).
 
@@ -333,21 +347,10 @@ def _dense_backprop(theta, woff, n_in, n_out, D, d_col, A, a_col, act, s0, s1):
     i = s0
     while i < s1:
         ns = 4 if i + 4 <= s1 else 1
-        k = 0
         if ns == 4:
-            while k + 4 * LANES <= n_in:
-                _lanes_rows_combine(theta, woff + k, n_in, n_out, D, i, d_col, a_col + k, 4, 4)
-                k += 4 * LANES
-            while k + LANES <= n_in:
-                _lanes_rows_combine(theta, woff + k, n_in, n_out, D, i, d_col, a_col + k, 4, 1)
-                k += LANES
+            k = _combine_lanes(theta, woff, n_in, n_out, D, i, d_col, a_col, 4)
         else:
-            while k + 4 * LANES <= n_in:
-                _lanes_rows_combine(theta, woff + k, n_in, n_out, D, i, d_col, a_col + k, 1, 4)
-                k += 4 * LANES
-            while k + LANES <= n_in:
-                _lanes_rows_combine(theta, woff + k, n_in, n_out, D, i, d_col, a_col + k, 1, 1)
-                k += LANES
+            k = _combine_lanes(theta, woff, n_in, n_out, D, i, d_col, a_col, 1)
         for t in range(ns):
             d = D[i + t, d_col : d_col + n_out]
             for c in range(k, n_in):

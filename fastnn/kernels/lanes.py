@@ -7,8 +7,8 @@ forward pass is one vector multiply-add (:func:`_lanes_sparse_dot`) and so is
 the update (:func:`_lanes_sparse_axpy`).
 
 The row kernels hold up to eight lane vectors of sums in registers while
-they run over a sample's non-zero inputs (:func:`_lanes_rows_dot`,
-:func:`_lanes_rows_axpy`: the ``"optim"`` driver's first layer, any width)
+they run over a sample's non-zero inputs (:func:`_lanes_rows`: the
+``"optim"`` driver's first layer, any width, forward and gradient)
 or over the neurons of the layer above (:func:`_lanes_rows_combine`: every
 driver's backpropagation); each sum runs in the order of the plain loop it
 replaces, so they round as it did.
@@ -212,70 +212,48 @@ def _vector_count(nv):
     return None
 
 
-@intrinsic
-def _lanes_rows_dot(typingctx, W, woff, ld, idx, val, p0, p1, dst, doff, nv):
-    """``nv`` lane vectors of neurons over one sparse input; the same as::
-
-        for p in range(p0, p1):
-            c = woff + idx[p] * ld
-            dst[doff:doff + nv*16] += val[p] * W[c:c + nv*16]
-
-    one multiply-add per non-zero and neuron, in ``p`` order, ``dst`` kept in
-    registers.  ``nv``: a literal 1, 2, 4 or 8.  No bounds checks.
-    """
-    n = _vector_count(nv)
-    if n is None or not _lane_vector_args(W, idx, val, dst):
-        return None
-    sig = types.void(W, woff, ld, idx, val, p0, p1, dst, doff, nv)
-
-    def codegen(context, builder, signature, args):
-        v = _LaneIR(context, builder, signature, args, _DOT_ARGS)
-        intp = context.get_value_type(types.intp)
-        doff_ = v.intp("doff")
-        outs = [v.vptr("dst", builder.add(doff_, intp(LANES * q))) for q in range(n)]
-        accs = [cgutils.alloca_once_value(builder, builder.load(o, align=v.align)) for o in outs]
-        p0_ = v.intp("p0")
-        with cgutils.for_range(builder, builder.sub(v.intp("p1"), p0_)) as loop:
-            p = builder.add(p0_, loop.index)
-            x = v.splat(v.load("val", p))
-            row = v.weight_index(p)
-            for q in range(n):
-                w = builder.load(v.vptr("W", builder.add(row, intp(LANES * q))), align=v.align)
-                builder.store(v.fma(x, w, builder.load(accs[q])), accs[q])
-        for acc, out in zip(accs, outs):
-            builder.store(builder.load(acc), out, align=v.align)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-_ROWS_AXPY_ARGS = ("W", "woff", "ld", "idx", "val", "p0", "p1", "src", "soff")
+_ROWS_ARGS = ("W", "woff", "ld", "idx", "val", "p0", "p1", "vec", "voff")
 
 
 @intrinsic
-def _lanes_rows_axpy(typingctx, W, woff, ld, idx, val, p0, p1, src, soff, nv):
-    """``nv`` lane vectors of one sparse input's gradient rows; the same as::
+def _lanes_rows(typingctx, W, woff, ld, idx, val, p0, p1, vec, voff, nv, update):
+    """``nv`` lane vectors of rows over one sparse input; with ``update`` false the same as::
 
         for p in range(p0, p1):
             c = woff + idx[p] * ld
-            W[c:c + nv*16] += val[p] * src[soff:soff + nv*16]
+            vec[voff:voff + nv*16] += val[p] * W[c:c + nv*16]
 
-    one multiply-add per non-zero and lane, ``src`` loaded once.  ``src`` must
-    not overlap ``W``.  ``nv``: a literal 1, 2, 4 or 8.  No bounds checks.
+    (forward sums, ``vec`` kept in registers), with ``update`` true::
+
+        for p in range(p0, p1):
+            c = woff + idx[p] * ld
+            W[c:c + nv*16] += val[p] * vec[voff:voff + nv*16]
+
+    (gradient rows, ``vec`` loaded once; it must not overlap ``W``).  One
+    multiply-add per non-zero and lane, in ``p`` order.  ``nv``: a literal 1,
+    2, 4 or 8; ``update``: a literal bool.  No bounds checks.
     """
     n = _vector_count(nv)
-    if n is None or not _lane_vector_args(W, idx, val, src):
+    if (
+        n is None
+        or not isinstance(update, types.BooleanLiteral)
+        or not _lane_vector_args(W, idx, val, vec)
+    ):
         return None
-    sig = types.void(W, woff, ld, idx, val, p0, p1, src, soff, nv)
+    to_w = update.literal_value
+    sig = types.void(W, woff, ld, idx, val, p0, p1, vec, voff, nv, update)
 
     def codegen(context, builder, signature, args):
-        v = _LaneIR(context, builder, signature, args, _ROWS_AXPY_ARGS)
+        v = _LaneIR(context, builder, signature, args, _ROWS_ARGS)
         intp = context.get_value_type(types.intp)
-        soff_ = v.intp("soff")
-        d = [
-            builder.load(v.vptr("src", builder.add(soff_, intp(LANES * q))), align=v.align)
-            for q in range(n)
-        ]
+        voff_ = v.intp("voff")
+        vecs = [v.vptr("vec", builder.add(voff_, intp(LANES * q))) for q in range(n)]
+        if to_w:
+            held = [builder.load(ptr, align=v.align) for ptr in vecs]
+        else:
+            held = [
+                cgutils.alloca_once_value(builder, builder.load(ptr, align=v.align)) for ptr in vecs
+            ]
         p0_ = v.intp("p0")
         with cgutils.for_range(builder, builder.sub(v.intp("p1"), p0_)) as loop:
             p = builder.add(p0_, loop.index)
@@ -283,7 +261,14 @@ def _lanes_rows_axpy(typingctx, W, woff, ld, idx, val, p0, p1, src, soff, nv):
             row = v.weight_index(p)
             for q in range(n):
                 ptr = v.vptr("W", builder.add(row, intp(LANES * q)))
-                builder.store(v.fma(x, d[q], builder.load(ptr, align=v.align)), ptr, align=v.align)
+                w = builder.load(ptr, align=v.align)
+                if to_w:
+                    builder.store(v.fma(x, held[q], w), ptr, align=v.align)
+                else:
+                    builder.store(v.fma(x, w, builder.load(held[q])), held[q])
+        if not to_w:
+            for acc, ptr in zip(held, vecs):
+                builder.store(builder.load(acc), ptr, align=v.align)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -43,7 +43,7 @@ from .dense import (
     _forward_later,
     update_blocks,
 )
-from .lanes import LANES, _lanes_rows_axpy, _lanes_rows_dot
+from .lanes import LANES, _lanes_rows
 
 # optimisers and the hyper-parameter vector ``hyper`` (float64)
 SGD, ADAM = 0, 1
@@ -119,24 +119,32 @@ def _chunk_gradient_targets(
 
 
 @njit(**_opts)
-def _rows_dot(W, ld, idx, val, p0, p1, dst, n):
-    """``dst[j] += sum_p val[p] * W[idx[p]*ld + j]`` for ``j < n``, ``p`` in ``[p0, p1)``
-    in order: lane vectors held in registers (:func:`.lanes._lanes_rows_dot`), 8, 4, 2,
-    1 at a time, then the last ``n % 16`` neurons one by one."""
+def _rows_lanes(W, ld, idx, val, p0, p1, vec, n, update):
+    """The first ``n // 16`` lane vectors of :func:`_rows_dot` (``update`` false) or of
+    :func:`_rows_axpy` (true): :func:`.lanes._lanes_rows` 8, 4, 2, 1 at a time.  Returns
+    the number of neurons done."""
     j = 0
     while j + 8 * LANES <= n:
-        _lanes_rows_dot(W, j, ld, idx, val, p0, p1, dst, j, 8)
+        _lanes_rows(W, j, ld, idx, val, p0, p1, vec, j, 8, update)
         j += 8 * LANES
     if j + 4 * LANES <= n:
-        _lanes_rows_dot(W, j, ld, idx, val, p0, p1, dst, j, 4)
+        _lanes_rows(W, j, ld, idx, val, p0, p1, vec, j, 4, update)
         j += 4 * LANES
     if j + 2 * LANES <= n:
-        _lanes_rows_dot(W, j, ld, idx, val, p0, p1, dst, j, 2)
+        _lanes_rows(W, j, ld, idx, val, p0, p1, vec, j, 2, update)
         j += 2 * LANES
     if j + LANES <= n:
-        _lanes_rows_dot(W, j, ld, idx, val, p0, p1, dst, j, 1)
+        _lanes_rows(W, j, ld, idx, val, p0, p1, vec, j, 1, update)
         j += LANES
-    for c in range(j, n):
+    return j
+
+
+@njit(**_opts)
+def _rows_dot(W, ld, idx, val, p0, p1, dst, n):
+    """``dst[j] += sum_p val[p] * W[idx[p]*ld + j]`` for ``j < n``, ``p`` in ``[p0, p1)``
+    in order: lane vectors held in registers (:func:`_rows_lanes`), then the last
+    ``n % 16`` neurons one by one."""
+    for c in range(_rows_lanes(W, ld, idx, val, p0, p1, dst, n, False), n):
         s = dst[c]
         for p in range(p0, p1):
             s += val[p] * W[idx[p] * ld + c]
@@ -146,21 +154,8 @@ def _rows_dot(W, ld, idx, val, p0, p1, dst, n):
 @njit(**_opts)
 def _rows_axpy(W, ld, idx, val, p0, p1, src, n):
     """``W[idx[p]*ld + j] += val[p] * src[j]`` for ``j < n``, ``p`` in ``[p0, p1)``:
-    ``src`` held in registers (:func:`.lanes._lanes_rows_axpy`), as :func:`_rows_dot`."""
-    j = 0
-    while j + 8 * LANES <= n:
-        _lanes_rows_axpy(W, j, ld, idx, val, p0, p1, src, j, 8)
-        j += 8 * LANES
-    if j + 4 * LANES <= n:
-        _lanes_rows_axpy(W, j, ld, idx, val, p0, p1, src, j, 4)
-        j += 4 * LANES
-    if j + 2 * LANES <= n:
-        _lanes_rows_axpy(W, j, ld, idx, val, p0, p1, src, j, 2)
-        j += 2 * LANES
-    if j + LANES <= n:
-        _lanes_rows_axpy(W, j, ld, idx, val, p0, p1, src, j, 1)
-        j += LANES
-    for c in range(j, n):
+    ``src`` held in registers (:func:`_rows_lanes`), then the last neurons one by one."""
+    for c in range(_rows_lanes(W, ld, idx, val, p0, p1, src, n, True), n):
         x = src[c]
         for p in range(p0, p1):
             k = idx[p] * ld + c
