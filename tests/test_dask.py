@@ -5,6 +5,8 @@ HyperbandSearchCV and ParallelPostFit, the thread budget inside workers and
 warm starts from the kernel cache.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -249,6 +251,30 @@ def test_memory_mapped_training_data(tmp_path, mnist):
     np.testing.assert_array_equal(net.parameters, ref.parameters)
 
 
+def _holders(client, arrays):
+    """How many workers hold each of ``arrays`` scattered by joblib's dask backend."""
+    import time
+
+    time.sleep(3)  # the active memory manager runs every 2 s
+    backend = joblib.parallel.get_active_backend()[0]
+    futures = [backend.data_futures[id(a)] for a in arrays]
+    return [len(w) for w in client.who_has(futures).values()]
+
+
+def test_scattered_data_stays_on_every_worker_with_the_amm_stopped(client):
+    """The README's recipe: ``client.amm.stop()`` before ``scatter=[X, y]``."""
+    X, y = np.ones((1000, 50), np.float32), np.arange(1000)
+    with joblib.parallel_backend("dask", scatter=[X, y]):
+        assert _holders(client, [X, y]) == [1, 1]  # the copies dropped
+    X, y = X + 1, y + 1  # other keys: the first copies may still be being deleted
+    client.amm.stop()
+    try:
+        with joblib.parallel_backend("dask", scatter=[X, y]):
+            assert _holders(client, [X, y]) == [2, 2]
+    finally:
+        client.amm.start()
+
+
 @pytest.mark.mnist
 def test_search_benchmark_row(tmp_path, capsys):
     """W7 runs (quick mode): serial, the cluster and loky give the same cv_results_."""
@@ -261,3 +287,8 @@ def test_search_benchmark_row(tmp_path, capsys):
     assert "identical `cv_results_`: yes" in md
     for kind in ("serial", "dask", "loky"):
         assert f"search-{kind}" in out.read_text()
+    # the serial search ran in the process (not on the cluster the dask block names),
+    # the cluster's on both workers (the scattered data stayed on each)
+    tasks = json.loads(out.read_text())["search"]["tasks_on_cluster"]
+    assert tasks["serial"] == [] and tasks["loky"] == [], tasks
+    assert len(tasks["dask"]) == 2 and sum(tasks["dask"]) == 16, tasks
