@@ -392,10 +392,11 @@ class _BaseMLP(BaseEstimator):
     def _optim_epoch(self, X, T, w, m, indptr=None):
         """The epoch function (sample order -> sum of step losses x step sizes) of the
         ``"optim"`` driver (:func:`fastnn.kernels.optim.run_epoch`)."""
-        buf = optim.optim_buffers(self._sizes, m, self._theta.dtype)
+        inputs = self._sparse_inputs(X, indptr)
+        csr = inputs if isinstance(inputs, tuple) else None
+        buf = optim.optim_buffers(self._sizes, m, self._theta.dtype, csr)
         args = self._kernel_args()
         opt = optim.ADAM if self.solver == "adam" else optim.SGD
-        inputs = self._sparse_inputs(X, indptr)
         self._driver = "optim"
 
         def epoch(perm):

@@ -447,7 +447,7 @@ class Network(InputsMixin):
         )
         hyper[[optim.BETA1, optim.BETA2, optim.EPSILON]] = b1, b2, eps
         code = optim.ADAM if kind == "adam" else optim.SGD
-        buf = optim.optim_buffers(self._size_list, m, self.dtype)
+        buf = optim.optim_buffers(self._size_list, m, self.dtype, inputs if sparse else None)
         args = self._kernel_args()[:6]
 
         def run_epoch(perm, tune=True):

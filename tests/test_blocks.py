@@ -8,7 +8,7 @@ import pytest
 from fastnn.kernels._jit import _opts
 from fastnn.kernels.dense import _dense_backprop, _dense_forward, _dense_grad
 from fastnn.kernels.lanes import LANES, _lanes_sparse_axpy, _lanes_sparse_dot
-from fastnn.kernels.optim import _rows_axpy, _rows_dot
+from fastnn.kernels.optim import _rows_dot
 from fastnn.layout import SIGMOID
 
 
@@ -30,53 +30,44 @@ def _sparse_rows(rng, n_in, counts, index_dtype):
 
 
 @numba.njit(**_opts)
-def _plain_rows(W, ld, idx, val, p0, p1, dst, src, n):
-    """The loops the row kernels replace (``dst`` forward sums, then ``W`` += gradient rows)."""
+def _plain_rows(W, woff, ld, idx, val, p0, p1, dst, doff, n):
+    """The loop the row kernel replaces (forward sums into ``dst[doff:doff + n]``)."""
     for p in range(p0, p1):
         v = val[p]
-        w = W[idx[p] * ld : idx[p] * ld + n]
+        w = W[woff + idx[p] * ld : woff + idx[p] * ld + n]
         for j in range(n):
-            dst[j] += v * w[j]
-    for p in range(p0, p1):
-        v = val[p]
-        g = W[idx[p] * ld : idx[p] * ld + n]
-        for j in range(n):
-            g[j] += v * src[j]
-
-
-@numba.njit(**_opts)
-def _lane_rows(W, ld, idx, val, p0, p1, dst, src, n):
-    _rows_dot(W, ld, idx, val, p0, p1, dst, n)
-    _rows_axpy(W, ld, idx, val, p0, p1, src, n)
+            dst[doff + j] += v * w[j]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_row_kernels_are_bit_identical_to_plain_loops(dtype):
+def test_row_kernel_is_bit_identical_to_the_plain_loop(dtype):
     # rows of n neurons: 8, 4, 2 and 1 lane vectors per call and a scalar tail, each alone
-    # and combined (100 = 4 + 2 vectors + 4; 300 = 8 + 8 + 2 + 1 vectors + 12)
+    # and combined (100 = 4 + 2 vectors + 4; 300 = 8 + 8 + 2 + 1 vectors + 12); at the
+    # start of W and dst and at offsets into both (a neuron range of wider rows)
     rng = np.random.default_rng(1)
     n_in = 60
     indptr, idx, val = _sparse_rows(rng, n_in, [0, 1, 3, 17, 40], np.int32)
     val = val.astype(dtype)
     for n in (1, 15, 16, 17, 32, 64, 100, 128, 129, 256, 300):
-        W = rng.standard_normal(n_in * n).astype(dtype)
-        src = rng.standard_normal(n).astype(dtype)
-        for r in range(len(indptr) - 1):
-            p0, p1 = indptr[r], indptr[r + 1]
-            dst = rng.standard_normal(n).astype(dtype)
-            dst0 = dst.astype(np.float64)
-            want_dst, want_w = dst.copy(), W.copy()
-            _plain_rows(want_w, n, idx, val, p0, p1, want_dst, src, n)
-            got_w = W.copy()
-            _lane_rows(got_w, n, idx, val, p0, p1, dst, src, n)
-            assert np.array_equal(dst, want_dst), (n, r)
-            assert np.array_equal(got_w, want_w), (n, r)
-            rows = W.reshape(n_in, n)[idx[p0:p1]].astype(np.float64)
-            tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else {}
-            np.testing.assert_allclose(dst, dst0 + val[p0:p1] @ rows, **tol)
-            grad = W.reshape(n_in, n).astype(np.float64)
-            grad[idx[p0:p1]] += val[p0:p1, None] * src
-            np.testing.assert_allclose(got_w, grad.ravel(), **tol)
+        for woff, doff, ld in ((0, 0, n), (7, 5, n + 9)):
+            W = rng.standard_normal(n_in * ld + woff).astype(dtype)
+            for r in range(len(indptr) - 1):
+                p0, p1 = indptr[r], indptr[r + 1]
+                dst = rng.standard_normal(n + doff + 3).astype(dtype)
+                want = dst.copy()
+                _plain_rows(W, woff, ld, idx, val, p0, p1, want, doff, n)
+                got = dst.copy()
+                _rows_dot(W, woff, ld, idx, val, p0, p1, got, doff, n)
+                assert np.array_equal(got, want), (n, woff, r)
+                rows = W[woff:][: n_in * ld].reshape(n_in, ld)[idx[p0:p1], :n]
+                tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else {}
+                np.testing.assert_allclose(
+                    got[doff : doff + n],
+                    dst[doff : doff + n].astype(np.float64) + val[p0:p1] @ rows.astype(np.float64),
+                    **tol,
+                )
+                assert np.array_equal(got[:doff], dst[:doff])
+                assert np.array_equal(got[doff + n :], dst[doff + n :])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

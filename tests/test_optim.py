@@ -150,11 +150,14 @@ def _network_and_twin(sizes, seed, **kw):
     ],
 )
 @pytest.mark.parametrize("density", [1.0, 0.15])  # dense path, CSR path
-def test_network_optimizers_match_scikit_learn(settings, density):
+@pytest.mark.parametrize("hidden", [12, 40])  # a scalar tail; 2 lane vectors + 8
+@pytest.mark.parametrize("m", [20, 2600])  # one chunk per step; 8 (optim_chunks)
+def test_network_optimizers_match_scikit_learn(settings, density, hidden, m):
     """Network.SGD(momentum=..., optimizer='adam') runs the same engine: one epoch equals
     scikit-learn's on the same order of samples (Network's own shuffle), weights included."""
     rng = np.random.default_rng(1)
-    n, m, sizes = 240, 20, [30, 12, 4]
+    n, sizes = max(240, 2 * m), [30, hidden, 4]
+    assert optim.optim_chunks(m, 30 * hidden + hidden + hidden * 4 + 4) == (1 if m == 20 else 8)
     X = rng.random((n, 30)) * (rng.random((n, 30)) < density)
     y = np.arange(n) % 4
     decay = 1e-3
@@ -164,7 +167,7 @@ def test_network_optimizers_match_scikit_learn(settings, density):
     eta = 0.05
     net.SGD((X, y), 1, m, eta, quiet=True, **settings)
     est = sknn.MLPClassifier(
-        hidden_layer_sizes=(12,),
+        hidden_layer_sizes=(hidden,),
         activation="logistic",
         solver="adam" if settings.get("optimizer") == "adam" else "sgd",
         momentum=settings.get("momentum", 0.9),

@@ -216,59 +216,39 @@ _ROWS_ARGS = ("W", "woff", "ld", "idx", "val", "p0", "p1", "vec", "voff")
 
 
 @intrinsic
-def _lanes_rows(typingctx, W, woff, ld, idx, val, p0, p1, vec, voff, nv, update):
-    """``nv`` lane vectors of rows over one sparse input; with ``update`` false the same as::
+def _lanes_rows(typingctx, W, woff, ld, idx, val, p0, p1, vec, voff, nv):
+    """``nv`` lane vectors of rows over one sparse input, the same as::
 
         for p in range(p0, p1):
             c = woff + idx[p] * ld
             vec[voff:voff + nv*16] += val[p] * W[c:c + nv*16]
 
-    (forward sums, ``vec`` kept in registers), with ``update`` true::
-
-        for p in range(p0, p1):
-            c = woff + idx[p] * ld
-            W[c:c + nv*16] += val[p] * vec[voff:voff + nv*16]
-
-    (gradient rows, ``vec`` loaded once; it must not overlap ``W``).  One
-    multiply-add per non-zero and lane, in ``p`` order.  ``nv``: a literal 1,
-    2, 4 or 8; ``update``: a literal bool.  No bounds checks.
+    with ``vec`` kept in registers: one multiply-add per non-zero and lane, in
+    ``p`` order.  ``nv``: a literal 1, 2, 4 or 8.  No bounds checks.
     """
     n = _vector_count(nv)
-    if (
-        n is None
-        or not isinstance(update, types.BooleanLiteral)
-        or not _lane_vector_args(W, idx, val, vec)
-    ):
+    if n is None or not _lane_vector_args(W, idx, val, vec):
         return None
-    to_w = update.literal_value
-    sig = types.void(W, woff, ld, idx, val, p0, p1, vec, voff, nv, update)
+    sig = types.void(W, woff, ld, idx, val, p0, p1, vec, voff, nv)
 
     def codegen(context, builder, signature, args):
         v = _LaneIR(context, builder, signature, args, _ROWS_ARGS)
         intp = context.get_value_type(types.intp)
         voff_ = v.intp("voff")
         vecs = [v.vptr("vec", builder.add(voff_, intp(LANES * q))) for q in range(n)]
-        if to_w:
-            held = [builder.load(ptr, align=v.align) for ptr in vecs]
-        else:
-            held = [
-                cgutils.alloca_once_value(builder, builder.load(ptr, align=v.align)) for ptr in vecs
-            ]
+        held = [
+            cgutils.alloca_once_value(builder, builder.load(ptr, align=v.align)) for ptr in vecs
+        ]
         p0_ = v.intp("p0")
         with cgutils.for_range(builder, builder.sub(v.intp("p1"), p0_)) as loop:
             p = builder.add(p0_, loop.index)
             x = v.splat(v.load("val", p))
             row = v.weight_index(p)
             for q in range(n):
-                ptr = v.vptr("W", builder.add(row, intp(LANES * q)))
-                w = builder.load(ptr, align=v.align)
-                if to_w:
-                    builder.store(v.fma(x, held[q], w), ptr, align=v.align)
-                else:
-                    builder.store(v.fma(x, w, builder.load(held[q])), held[q])
-        if not to_w:
-            for acc, ptr in zip(held, vecs):
-                builder.store(builder.load(acc), ptr, align=v.align)
+                w = builder.load(v.vptr("W", builder.add(row, intp(LANES * q))), align=v.align)
+                builder.store(v.fma(x, w, builder.load(held[q])), held[q])
+        for acc, ptr in zip(held, vecs):
+            builder.store(builder.load(acc), ptr, align=v.align)
         return context.get_dummy_value()
 
     return sig, codegen
