@@ -7,11 +7,12 @@ forward pass is one vector multiply-add (:func:`_lanes_sparse_dot`) and so is
 the update (:func:`_lanes_sparse_axpy`).
 
 The row kernels hold up to eight lane vectors of sums in registers while
-they run over a sample's non-zero inputs (:func:`_lanes_rows`: the
-``"optim"`` driver's first layer, any width, forward and gradient)
-or over the neurons of the layer above (:func:`_lanes_rows_combine`: every
-driver's backpropagation); each sum runs in the order of the plain loop it
-replaces, so they round as it did.
+they run over a list of rows (:func:`_lanes_rows`: the ``"optim"`` driver's
+first layer, any width: a sample's non-zero inputs in the forward pass, an
+input's samples in the mini-batch for the gradient) or over the neurons of
+the layer above (:func:`_lanes_rows_combine`: every driver's
+backpropagation); each sum runs in the order of the plain loop it replaces,
+so they round as it did.
 
 Why IR and not a Numba loop: LLVM fully unrolls a 16-iteration loop and then
 cannot rule out that the accumulator and ``W`` overlap, so it emits 16 scalar

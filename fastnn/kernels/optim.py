@@ -188,12 +188,12 @@ def _chunk_gradient_sparse(
 @njit(**_opts)
 def _chunk_columns(csr, rows, s0, s1, csc, c):
     """Samples ``s0:s1`` of the mini-batch of CSR inputs by input column, for chunk ``c``
-    (``csc = (cp, fill, cs, cv, order)``): input ``k``'s batch positions (ascending) where
+    (``csc = (cp, fill, cs, cv)``): input ``k``'s batch positions (ascending) where
     it is non-zero are ``cs[cp[c, k]:cp[c, k+1]]``, its values ``cv``.  Chunk ``c``
     writes after the non-zeros of the samples before ``s0``, so the chunks need no
     other space than the whole batch."""
     indptr, indices, values = csr
-    cp, fill, cs, cv, _ = csc
+    cp, fill, cs, cv = csc
     n_in = fill.shape[1]
     start = 0
     for i in range(s0):
@@ -242,13 +242,11 @@ def optim_chunks(m, n_params):
 
 
 @njit(**_dot_opts)
-def _sum_squares(v, lo, hi):
-    """``sum(v[lo:hi]**2)`` in float64 (reassociated so that it vectorises; a fixed order
-    per build)."""
+def _sum_squares(v):
+    """``sum(v**2)`` in float64 (reassociated so that it vectorises; a fixed order per build)."""
     s = 0.0
-    w = v[lo:hi]
-    for p in range(hi - lo):
-        s += np.float64(w[p]) * w[p]
+    for p in range(v.shape[0]):
+        s += np.float64(v[p]) * v[p]
     return s
 
 
@@ -310,7 +308,7 @@ def _optimize_block(theta, G, nc, V, M2, lo, hi, is_w, opt, hyper, inv_s, lr_t):
         for p in range(n):
             g[p] += gc[p]
             gc[p] = 0
-    sq = _sum_squares(theta, lo, hi) if is_w else 0.0
+    sq = _sum_squares(theta[lo:hi]) if is_w else 0.0
     _apply_optimizer(theta, G[0], V, M2, lo, hi, is_w, opt, hyper, inv_s, lr_t)
     return sq
 
@@ -327,11 +325,11 @@ def _optimize_first_rows(theta, G, nc, V, M2, lo, hi, n1, D, csc, opt, hyper, in
     written once, next to its update.  The order depends on neither the chunks
     nor the threads.
     """
-    cp, _, cs, cv, _ = csc
+    cp, _, cs, cv = csc
     ld = D.shape[1]
     Dflat = D.reshape(D.size)
     g = G[0]
-    sq = _sum_squares(theta, lo, hi)
+    sq = _sum_squares(theta[lo:hi])
     k = lo // n1
     while k * n1 < hi:
         a = max(lo, k * n1)
@@ -355,18 +353,20 @@ def _columns_typed(X, rows, s0, s1, csc, c):
     return lambda X, rows, s0, s1, csc, c: None
 
 
-def _update_block(theta, G, nc, V, M2, blocks, bi, X, D, csc, n1, opt, hyper, inv_s, lr_t):
+def _update_block(theta, G, nc, V, M2, blocks, bi, X, D, csc, n_in, n1, opt, hyper, inv_s,
+                  lr_t):  # fmt: skip
     """Update block ``bi``: :func:`_optimize_first_rows` for the first layer's ``W`` when
     ``X`` is CSR inputs (a tuple), else :func:`_optimize_block`."""
 
 
 @overload(_update_block)
-def _update_block_typed(theta, G, nc, V, M2, blocks, bi, X, D, csc, n1, opt, hyper, inv_s, lr_t):
+def _update_block_typed(theta, G, nc, V, M2, blocks, bi, X, D, csc, n_in, n1, opt, hyper,
+                        inv_s, lr_t):  # fmt: skip
     sparse = isinstance(X, types.BaseTuple)
 
-    def impl(theta, G, nc, V, M2, blocks, bi, X, D, csc, n1, opt, hyper, inv_s, lr_t):
+    def impl(theta, G, nc, V, M2, blocks, bi, X, D, csc, n_in, n1, opt, hyper, inv_s, lr_t):
         lo, hi, is_w = blocks[bi, 0], blocks[bi, 1], blocks[bi, 2]
-        if sparse and hi <= csc[1].shape[1] * n1:  # csc[1] has one column per input
+        if sparse and hi <= n_in * n1:  # a block of the first layer's W
             return _optimize_first_rows(
                 theta, G, nc, V, M2, lo, hi, n1, D, csc, opt, hyper, inv_s, lr_t
             )
@@ -385,7 +385,7 @@ def optim_step(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, opt, hype
     :func:`train_epoch_optim`).  ``hyper[STEP]`` counts the steps (Adam's
     ``t``) and is advanced here.
     """
-    ident, A, D, G, blocks, stats, sq, csc = buf
+    ident, A, D, G, blocks, order, stats, sq, csc = buf
     V = state[0]
     M2 = state[1]
     m = rows.shape[0]
@@ -422,16 +422,15 @@ def optim_step(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, opt, hype
     n1 = sizes[1]
     inv_s = 1.0 / s
     if theta.shape[0] >= PARALLEL_UPDATE_MIN:
-        order = csc[4]
         for q in prange(nb):
             bi = order[q]
             sq[bi] = _update_block(
-                theta, G, nc, V, M2, blocks, bi, X, D, csc, n1, opt, hyper, inv_s, lr_t
+                theta, G, nc, V, M2, blocks, bi, X, D, csc, sizes[0], n1, opt, hyper, inv_s, lr_t
             )
     else:
         for bi in range(nb):
             sq[bi] = _update_block(
-                theta, G, nc, V, M2, blocks, bi, X, D, csc, n1, opt, hyper, inv_s, lr_t
+                theta, G, nc, V, M2, blocks, bi, X, D, csc, sizes[0], n1, opt, hyper, inv_s, lr_t
             )
     l2 = 0.0
     for bi in range(nb):
@@ -492,7 +491,7 @@ def objective(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, alpha, gra
     are summed in chunk order at the end (fixed chunks: bit-identical for
     any thread count).  ``theta`` is not changed.
     """
-    ident, A, D, G, blocks, stats, sq, _ = buf
+    ident, A, D, G, blocks, _, stats, sq, _ = buf
     n = rows.shape[0]
     m = A.shape[0]
     nc = MAX_CHUNKS
@@ -537,11 +536,12 @@ class OptimBuffers(NamedTuple):
     D: np.ndarray  # (m, H) deltas
     G: np.ndarray  # (MAX_CHUNKS, n_params) chunk gradients, zero between steps
     blocks: np.ndarray  # (k, 3) int64 update blocks (start, stop, is_weight)
+    order: np.ndarray  # (k,) int64 the parallel update's order of the blocks
     stats: np.ndarray  # (MAX_CHUNKS, 2) float64 chunk loss sums and correct counts
     sq: np.ndarray  # (k,) float64 squared-weight sums per block
-    # CSR inputs: the mini-batch by input column (_chunk_columns), (cp, fill, cs, cv,
-    # order): (MAX_CHUNKS, n_in + 1) and (MAX_CHUNKS, n_in) int64, (cap,) int32 and
-    # (cap,) values, (k,) int64 the parallel update's block order; empty for dense inputs
+    # CSR inputs: the mini-batch by input column (_chunk_columns), (cp, fill, cs, cv):
+    # (MAX_CHUNKS, n_in + 1) and (MAX_CHUNKS, n_in) int64, (cap,) int32 and (cap,)
+    # values; empty for dense inputs
     csc: tuple
 
 
@@ -572,6 +572,7 @@ def optim_buffers(sizes, m, dtype, csr=None):
         np.empty((m, H), dtype),
         np.zeros((MAX_CHUNKS, n), dtype),
         blocks,
+        order,
         np.zeros((MAX_CHUNKS, 2)),
         np.zeros(len(blocks)),
         (
@@ -579,7 +580,6 @@ def optim_buffers(sizes, m, dtype, csr=None):
             np.zeros((MAX_CHUNKS, n_in), np.int64),
             np.zeros(cap, np.int32),
             np.zeros(cap, dtype),
-            order,
         ),
     )
 
