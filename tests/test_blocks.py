@@ -41,14 +41,15 @@ def _plain_rows(W, woff, ld, idx, val, p0, p1, dst, doff, n):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_row_kernel_is_bit_identical_to_the_plain_loop(dtype):
-    # rows of n neurons: 8, 4, 2 and 1 lane vectors per call and a scalar tail, each alone
-    # and combined (100 = 4 + 2 vectors + 4; 300 = 8 + 8 + 2 + 1 vectors + 12); at the
-    # start of W and dst and at offsets into both (a neuron range of wider rows)
+    # rows of n neurons: 1 to 8 lane vectors per call, the last masked to the neurons that
+    # remain (100 = 6 vectors + 4 lanes; 300 = 8 + 8 vectors, then 2 + 12 lanes); at the
+    # start of W and dst and at offsets into both (a neuron range of wider rows); the
+    # masked lanes write nothing outside dst[doff:doff + n]
     rng = np.random.default_rng(1)
     n_in = 60
     indptr, idx, val = _sparse_rows(rng, n_in, [0, 1, 3, 17, 40], np.int32)
     val = val.astype(dtype)
-    for n in (1, 15, 16, 17, 32, 64, 100, 128, 129, 256, 300):
+    for n in (1, 15, 16, 17, 32, 40, 64, 100, 127, 128, 129, 143, 256, 300):
         for woff, doff, ld in ((0, 0, n), (7, 5, n + 9)):
             W = rng.standard_normal(n_in * ld + woff).astype(dtype)
             for r in range(len(indptr) - 1):

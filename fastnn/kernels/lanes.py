@@ -213,43 +213,83 @@ def _vector_count(nv):
     return None
 
 
-_ROWS_ARGS = ("W", "woff", "ld", "idx", "val", "p0", "p1", "vec", "voff")
+_ROWS_ARGS = ("W", "woff", "ld", "idx", "val", "p0", "p1", "vec", "voff", "nv", "t")
+MAX_ROW_VECTORS = 8  # lane vectors one call of _lanes_rows holds in registers
+
+
+def _row_vector_count(nv):
+    """The literal ``nv`` (lane vectors of :func:`_lanes_rows`) as an int, or None."""
+    if isinstance(nv, types.IntegerLiteral) and 1 <= nv.literal_value <= MAX_ROW_VECTORS:
+        return nv.literal_value
+    return None
+
+
+def _masked_memory(builder, name, vty, ptr_type, mask_type):
+    """``llvm.masked.load`` or ``llvm.masked.store`` (``name``) of lane vectors ``vty``."""
+    i32 = ir.IntType(32)
+    if name == "load":
+        fty = ir.FunctionType(vty, [ptr_type, i32, mask_type, vty])
+    else:
+        fty = ir.FunctionType(ir.VoidType(), [vty, ptr_type, i32, mask_type])
+    element = "f32" if isinstance(vty.element, ir.FloatType) else "f64"
+    vector = "v%d%s" % (vty.count, element)
+    pointer = "p0" if getattr(ptr_type, "is_opaque", False) else "p0" + vector
+    return cgutils.get_or_insert_function(
+        builder.module, fty, "llvm.masked.%s.%s.%s" % (name, vector, pointer)
+    )
 
 
 @intrinsic
-def _lanes_rows(typingctx, W, woff, ld, idx, val, p0, p1, vec, voff, nv):
-    """``nv`` lane vectors of rows over one sparse input, the same as::
+def _lanes_rows(typingctx, W, woff, ld, idx, val, p0, p1, vec, voff, nv, t):
+    """``n = (nv-1)*16 + t`` neurons of rows over one sparse input, the same as::
 
         for p in range(p0, p1):
             c = woff + idx[p] * ld
-            vec[voff:voff + nv*16] += val[p] * W[c:c + nv*16]
+            vec[voff:voff + n] += val[p] * W[c:c + n]
 
-    with ``vec`` kept in registers: one multiply-add per non-zero and lane, in
-    ``p`` order.  ``nv``: a literal 1, 2, 4 or 8.  No bounds checks.
+    with ``vec`` kept in ``nv`` lane vectors in registers, the last of which
+    holds only its first ``t`` lanes (masked loads and stores, which touch no
+    memory in the other lanes): one multiply-add per non-zero and lane, in
+    ``p`` order.  ``nv``: a literal 1 to 8; ``t``: 1 to 16.  No bounds checks.
     """
-    n = _vector_count(nv)
-    if n is None or not _lane_vector_args(W, idx, val, vec):
+    n = _row_vector_count(nv)
+    if n is None or not _lane_vector_args(W, idx, val, vec) or not isinstance(t, types.Integer):
         return None
-    sig = types.void(W, woff, ld, idx, val, p0, p1, vec, voff, nv)
+    sig = types.void(W, woff, ld, idx, val, p0, p1, vec, voff, nv, t)
 
     def codegen(context, builder, signature, args):
         v = _LaneIR(context, builder, signature, args, _ROWS_ARGS)
         intp = context.get_value_type(types.intp)
+        lane = ir.VectorType(intp, LANES)
+        mask = builder.icmp_signed(
+            "<", ir.Constant(lane, list(range(LANES))), _splat(builder, lane, v.intp("t"))
+        )
         voff_ = v.intp("voff")
         vecs = [v.vptr("vec", builder.add(voff_, intp(LANES * q))) for q in range(n)]
-        held = [
-            cgutils.alloca_once_value(builder, builder.load(ptr, align=v.align)) for ptr in vecs
-        ]
+        align = ir.IntType(32)(v.align)
+        masked_load = _masked_memory(builder, "load", v.vty, vecs[0].type, mask.type)
+        masked_store = _masked_memory(builder, "store", v.vty, vecs[0].type, mask.type)
+        zero = ir.Constant(v.vty, [0.0] * LANES)
+
+        def load(q, ptr):  # lane vector q; the last one masked
+            if q < n - 1:
+                return builder.load(ptr, align=v.align)
+            return builder.call(masked_load, [ptr, align, mask, zero])
+
+        held = [cgutils.alloca_once_value(builder, load(q, ptr)) for q, ptr in enumerate(vecs)]
         p0_ = v.intp("p0")
         with cgutils.for_range(builder, builder.sub(v.intp("p1"), p0_)) as loop:
             p = builder.add(p0_, loop.index)
             x = v.splat(v.load("val", p))
             row = v.weight_index(p)
             for q in range(n):
-                w = builder.load(v.vptr("W", builder.add(row, intp(LANES * q))), align=v.align)
+                w = load(q, v.vptr("W", builder.add(row, intp(LANES * q))))
                 builder.store(v.fma(x, w, builder.load(held[q])), held[q])
-        for acc, ptr in zip(held, vecs):
-            builder.store(builder.load(acc), ptr, align=v.align)
+        for q, (acc, ptr) in enumerate(zip(held, vecs)):
+            if q < n - 1:
+                builder.store(builder.load(acc), ptr, align=v.align)
+            else:
+                builder.call(masked_store, [builder.load(acc), ptr, align, mask])
         return context.get_dummy_value()
 
     return sig, codegen

@@ -47,7 +47,7 @@ from .dense import (
     _forward_later,
     update_blocks,
 )
-from .lanes import LANES, _lanes_rows
+from .lanes import LANES, MAX_ROW_VECTORS, _lanes_rows
 
 # optimisers and the hyper-parameter vector ``hyper`` (float64)
 SGD, ADAM = 0, 1
@@ -125,26 +125,34 @@ def _chunk_gradient_targets(
 @njit(**_opts)
 def _rows_dot(W, woff, ld, idx, val, p0, p1, dst, doff, n):
     """``dst[doff + j] += sum_p val[p] * W[woff + idx[p]*ld + j]`` for ``j < n``, ``p`` in
-    ``[p0, p1)`` in order: lane vectors held in registers (:func:`.lanes._lanes_rows`, 8, 4,
-    2, 1 at a time), then the last ``n % 16`` neurons one by one."""
+    ``[p0, p1)`` in order: up to eight lane vectors at a time held in registers
+    (:func:`.lanes._lanes_rows`), the last one masked to the neurons that remain, so
+    that a row of 100 neurons is one pass over the non-zeros (6 lane vectors and 4 lanes)."""
     j = 0
-    while j + 8 * LANES <= n:
-        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 8)
-        j += 8 * LANES
-    if j + 4 * LANES <= n:
-        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 4)
-        j += 4 * LANES
-    if j + 2 * LANES <= n:
-        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 2)
-        j += 2 * LANES
-    if j + LANES <= n:
-        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 1)
-        j += LANES
-    for c in range(j, n):
-        s = dst[doff + c]
-        for p in range(p0, p1):
-            s += val[p] * W[woff + idx[p] * ld + c]
-        dst[doff + c] = s
+    while n - j > MAX_ROW_VECTORS * LANES:
+        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, MAX_ROW_VECTORS, LANES)
+        j += MAX_ROW_VECTORS * LANES
+    r = n - j  # 1 to 128 neurons: nv lane vectors, the last holding t
+    if r <= 0:
+        return
+    nv = (r + LANES - 1) // LANES
+    t = r - (nv - 1) * LANES
+    if nv == 1:
+        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 1, t)
+    elif nv == 2:
+        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 2, t)
+    elif nv == 3:
+        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 3, t)
+    elif nv == 4:
+        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 4, t)
+    elif nv == 5:
+        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 5, t)
+    elif nv == 6:
+        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 6, t)
+    elif nv == 7:
+        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 7, t)
+    else:
+        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 8, t)
 
 
 @njit(**_opts)
