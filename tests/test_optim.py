@@ -254,3 +254,38 @@ def test_divergence_restores_the_parameters_and_drops_the_optimizer_state():
     with pytest.raises(FloatingPointError, match="training diverged in epoch 0"):
         net.SGD((X, y), 1, 10, 1e30, quiet=True, momentum=0.9)
     assert np.array_equal(net.parameters, before) and net._optim_state is None
+
+
+@pytest.mark.parametrize("opt", [optim.SGD, optim.ADAM])
+def test_update_flushes_subnormal_state_and_restores_the_fp_mode(opt):
+    # an input that is always zero, alpha 0: its weights' gradient is zero, so their
+    # optimiser state only decays (momentum 0.9 or beta2 0.999 a step); from just above
+    # the smallest normal float32 it would become subnormal (slow on x86: the Adam
+    # moments of MNIST's border pixels made float32 epochs up to 1.75x slower)
+    rng = np.random.default_rng(0)
+    sizes = [6, 5, 3]
+    X = rng.random((40, 6)).astype(np.float32)
+    X[:, 0] = 0
+    T = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 40)]
+    offs, n = layer_offsets(sizes)
+    theta = (0.3 * rng.standard_normal(n)).astype(np.float32)
+    tiny = np.finfo(np.float32).tiny
+    state = np.zeros((2, n), np.float32)
+    dead = np.arange(5) * 6  # W[:, 0]: the zero input's weights
+    state[:, dead] = 1.005 * tiny
+    hyper = np.zeros(optim.N_HYPER)
+    hyper[optim.LR], hyper[optim.MOMENTUM] = 1e-3, 0.9
+    hyper[optim.BETA1], hyper[optim.BETA2], hyper[optim.EPSILON] = 0.9, 0.999, 1e-8
+    rows = np.arange(40, dtype=np.int64)
+    relu = HIDDEN_ACTIVATIONS["relu"]
+    optim.train_epoch_optim(
+        theta, np.array(sizes, np.int64), offs, activation_offsets(sizes), relu, SOFTMAX,
+        X, T, np.ones(40, np.float32), rows, 4, optim.optim_buffers(sizes, 4, np.float32),
+        opt, hyper, state,
+    )  # fmt: skip
+    used = state[: 1 if opt == optim.SGD else 2]  # SGD keeps a velocity only
+    assert np.all(used[:, dead] == 0)
+    live = np.abs(used[used != 0])
+    assert live.size and live.min() >= tiny
+    # the calling thread computes with subnormals again (NumPy's multiply here)
+    assert np.float32(2 * tiny) * np.float32(0.25) > 0

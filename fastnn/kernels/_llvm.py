@@ -7,6 +7,8 @@ Each is a Numba ``@intrinsic`` that emits a few LLVM instructions:
   atomics the team barrier (:mod:`.team`) is built from;
 * :func:`_yield_cpu` (``sched_yield``) and :func:`_spin_pause` (x86 ``pause``)
   -- what a waiting team member does;
+* :func:`_flush_subnormals` and :func:`_restore_fp` -- the x86 MXCSR's
+  flush-to-zero mode around the optimiser's update (:mod:`.optim`);
 * :func:`_times_pow2` -- ``p * 2**k`` from the exponent bits, and
   :func:`_fma` -- ``llvm.fma``, one rounding where the code says so, for the
   vectorised ``exp`` (:mod:`.activations`);
@@ -153,6 +155,62 @@ def _spin_pause(typingctx):
                 builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause"
             )
             builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# MXCSR bits: flush results below the smallest normal number to zero (FTZ) and read
+# such operands as zero (DAZ)
+_MXCSR_FTZ_DAZ = 0x8040
+
+
+def _mxcsr_call(builder, name, slot):
+    """``llvm.x86.sse.{name}`` (``stmxcsr``/``ldmxcsr``) on the 32-bit ``slot``."""
+    i8p = ir.IntType(8).as_pointer()
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [i8p]), "llvm.x86.sse." + name
+    )
+    builder.call(fn, [builder.bitcast(slot, i8p)])
+
+
+@intrinsic
+def _flush_subnormals(typingctx):
+    """Make this thread's float arithmetic treat subnormal numbers as zero (x86 MXCSR's
+    FTZ and DAZ bits; nothing elsewhere); returns the old state for :func:`_restore_fp`.
+
+    Memory operations are not moved across the two calls (they have side
+    effects), so the arithmetic between them, which loads its operands after
+    the first and stores its results before the second, runs in that mode.
+    """
+    sig = types.int32()
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        if not _X86:
+            return i32(0)
+        old = cgutils.alloca_once(builder, i32)
+        _mxcsr_call(builder, "stmxcsr", old)
+        mode = cgutils.alloca_once_value(
+            builder, builder.or_(builder.load(old), i32(_MXCSR_FTZ_DAZ))
+        )
+        _mxcsr_call(builder, "ldmxcsr", mode)
+        return builder.load(old)
+
+    return sig, codegen
+
+
+@intrinsic
+def _restore_fp(typingctx, state):
+    """Put back the floating-point state :func:`_flush_subnormals` returned."""
+    if not isinstance(state, types.Integer):
+        return None
+    sig = types.void(state)
+
+    def codegen(context, builder, signature, args):
+        if _X86:
+            value = context.cast(builder, args[0], signature.args[0], types.int32)
+            _mxcsr_call(builder, "ldmxcsr", cgutils.alloca_once_value(builder, value))
         return context.get_dummy_value()
 
     return sig, codegen
