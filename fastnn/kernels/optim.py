@@ -327,11 +327,14 @@ def _optimize_first_rows(theta, G, nc, V, M2, lo, hi, n1, D, csc, opt, hyper, in
     """:func:`_optimize_block` for a block of the first layer's transposed ``W`` with CSR
     inputs: each input row's gradient ``sum_i x_ik D[i, :n1]`` (batch positions ``i`` in
     order, the chunks' lists of :func:`_chunk_columns` one after the other) is summed
-    here, in registers, then applied.
+    here, in registers, into the block's slice of ``G[0]`` (which the chunks leave at
+    zero), then the optimiser runs over the whole block.
 
     The chunk phase would add every non-zero's whole row of ``n1`` values into
     its chunk gradient, and this pass read them back: each row's gradient is now
-    written once, next to its update.  The order depends on neither the chunks
+    written once, next to its update.  One optimiser loop over the block rather
+    than one per row of ``n1`` values: W5 (rows of 100) 0.086 -> 0.073 s and
+    W6 (256) about 0.2 s an epoch less.  The order depends on neither the chunks
     nor the threads.
     """
     cp, _, cs, cv = csc
@@ -346,8 +349,8 @@ def _optimize_first_rows(theta, G, nc, V, M2, lo, hi, n1, D, csc, opt, hyper, in
         for c in range(nc):  # the chunks' samples in order: one sum, as over the batch
             if cp[c, k + 1] > cp[c, k]:
                 _rows_dot(Dflat, a - k * n1, ld, cs, cv, cp[c, k], cp[c, k + 1], g, a, b - a)
-        _apply_optimizer(theta, g, V, M2, a, b, True, opt, hyper, inv_s, lr_t)
         k += 1
+    _apply_optimizer(theta, g, V, M2, lo, hi, True, opt, hyper, inv_s, lr_t)
     return sq
 
 
