@@ -289,3 +289,27 @@ def test_update_flushes_subnormal_state_and_restores_the_fp_mode(opt):
     assert live.size and live.min() >= tiny
     # the calling thread computes with subnormals again (NumPy's multiply here)
     assert np.float32(2 * tiny) * np.float32(0.25) > 0
+
+
+def test_parallel_update_leaves_no_worker_thread_flushing_subnormals():
+    # the parallel update (networks of PARALLEL_UPDATE_MIN parameters or more) sets the
+    # flush-to-zero mode on Numba's worker threads; later parallel code there must still
+    # compute subnormals
+    import numba
+    from numba import njit, prange
+
+    from fastnn import Network
+
+    @njit(parallel=True)
+    def tiny_products(out, x):
+        for i in prange(out.shape[0]):
+            out[i] = x * np.float32(0.25)
+
+    rng = np.random.default_rng(0)
+    X = (rng.random((400, 784)) < 0.2).astype(np.float32)
+    y = rng.integers(0, 10, 400)
+    net = Network([784, 100, 10], output="softmax", cost="log_loss", dtype="float32", seed=0)
+    net.SGD((X, y), 1, 200, 1e-3, quiet=True, optimizer="adam")
+    out = np.zeros(64 * numba.get_num_threads(), np.float32)
+    tiny_products(out, np.float32(2 * np.finfo(np.float32).tiny))
+    assert np.all(out > 0)
