@@ -217,13 +217,6 @@ _ROWS_ARGS = ("W", "woff", "ld", "idx", "val", "p0", "p1", "vec", "voff", "nv", 
 MAX_ROW_VECTORS = 8  # lane vectors one call of _lanes_rows holds in registers
 
 
-def _row_vector_count(nv):
-    """The literal ``nv`` (lane vectors of :func:`_lanes_rows`) as an int, or None."""
-    if isinstance(nv, types.IntegerLiteral) and 1 <= nv.literal_value <= MAX_ROW_VECTORS:
-        return nv.literal_value
-    return None
-
-
 def _masked_memory(builder, name, vty, ptr_type, mask_type):
     """``llvm.masked.load`` or ``llvm.masked.store`` (``name``) of lane vectors ``vty``."""
     i32 = ir.IntType(32)
@@ -250,11 +243,16 @@ def _lanes_rows(typingctx, W, woff, ld, idx, val, p0, p1, vec, voff, nv, t):
     with ``vec`` kept in ``nv`` lane vectors in registers, the last of which
     holds only its first ``t`` lanes (masked loads and stores, which touch no
     memory in the other lanes): one multiply-add per non-zero and lane, in
-    ``p`` order.  ``nv``: a literal 1 to 8; ``t``: 1 to 16.  No bounds checks.
+    ``p`` order.  ``nv``: 1 to 8 (a switch over one compiled loop per count);
+    ``t``: 1 to 16.  No bounds checks.
     """
-    n = _row_vector_count(nv)
-    if n is None or not _lane_vector_args(W, idx, val, vec) or not isinstance(t, types.Integer):
+    if not (
+        _lane_vector_args(W, idx, val, vec)
+        and isinstance(nv, types.Integer)
+        and isinstance(t, types.Integer)
+    ):
         return None
+    nv, t = types.unliteral(nv), types.unliteral(t)  # one version for every count
     sig = types.void(W, woff, ld, idx, val, p0, p1, vec, voff, nv, t)
 
     def codegen(context, builder, signature, args):
@@ -264,32 +262,45 @@ def _lanes_rows(typingctx, W, woff, ld, idx, val, p0, p1, vec, voff, nv, t):
         mask = builder.icmp_signed(
             "<", ir.Constant(lane, list(range(LANES))), _splat(builder, lane, v.intp("t"))
         )
-        voff_ = v.intp("voff")
-        vecs = [v.vptr("vec", builder.add(voff_, intp(LANES * q))) for q in range(n)]
+        voff_, p0_ = v.intp("voff"), v.intp("p0")
         align = ir.IntType(32)(v.align)
-        masked_load = _masked_memory(builder, "load", v.vty, vecs[0].type, mask.type)
-        masked_store = _masked_memory(builder, "store", v.vty, vecs[0].type, mask.type)
+        ptr_type = v.vty.as_pointer()
+        masked_load = _masked_memory(builder, "load", v.vty, ptr_type, mask.type)
+        masked_store = _masked_memory(builder, "store", v.vty, ptr_type, mask.type)
         zero = ir.Constant(v.vty, [0.0] * LANES)
 
-        def load(q, ptr):  # lane vector q; the last one masked
-            if q < n - 1:
-                return builder.load(ptr, align=v.align)
-            return builder.call(masked_load, [ptr, align, mask, zero])
+        def rows(n):  # the loop for n lane vectors, the last one masked
+            def load(q, ptr):
+                if q < n - 1:
+                    return builder.load(ptr, align=v.align)
+                return builder.call(masked_load, [ptr, align, mask, zero])
 
-        held = [cgutils.alloca_once_value(builder, load(q, ptr)) for q, ptr in enumerate(vecs)]
-        p0_ = v.intp("p0")
-        with cgutils.for_range(builder, builder.sub(v.intp("p1"), p0_)) as loop:
-            p = builder.add(p0_, loop.index)
-            x = v.splat(v.load("val", p))
-            row = v.weight_index(p)
-            for q in range(n):
-                w = load(q, v.vptr("W", builder.add(row, intp(LANES * q))))
-                builder.store(v.fma(x, w, builder.load(held[q])), held[q])
-        for q, (acc, ptr) in enumerate(zip(held, vecs)):
-            if q < n - 1:
-                builder.store(builder.load(acc), ptr, align=v.align)
-            else:
-                builder.call(masked_store, [builder.load(acc), ptr, align, mask])
+            vecs = [v.vptr("vec", builder.add(voff_, intp(LANES * q))) for q in range(n)]
+            held = [cgutils.alloca_once(builder, v.vty) for _ in range(n)]
+            for q, (acc, ptr) in enumerate(zip(held, vecs)):
+                builder.store(load(q, ptr), acc)
+            with cgutils.for_range(builder, builder.sub(v.intp("p1"), p0_)) as loop:
+                p = builder.add(p0_, loop.index)
+                x = v.splat(v.load("val", p))
+                row = v.weight_index(p)
+                for q in range(n):
+                    w = load(q, v.vptr("W", builder.add(row, intp(LANES * q))))
+                    builder.store(v.fma(x, w, builder.load(held[q])), held[q])
+            for q, (acc, ptr) in enumerate(zip(held, vecs)):
+                if q < n - 1:
+                    builder.store(builder.load(acc), ptr, align=v.align)
+                else:
+                    builder.call(masked_store, [builder.load(acc), ptr, align, mask])
+
+        done = builder.append_basic_block("rows.done")
+        switch = builder.switch(v.intp("nv"), done)
+        for n in range(1, MAX_ROW_VECTORS + 1):
+            case = builder.append_basic_block("rows.%d" % n)
+            switch.add_case(intp(n), case)
+            builder.position_at_end(case)
+            rows(n)
+            builder.branch(done)
+        builder.position_at_end(done)
         return context.get_dummy_value()
 
     return sig, codegen

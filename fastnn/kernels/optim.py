@@ -134,26 +134,9 @@ def _rows_dot(W, woff, ld, idx, val, p0, p1, dst, doff, n):
         _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, MAX_ROW_VECTORS, LANES)
         j += MAX_ROW_VECTORS * LANES
     r = n - j  # 1 to 128 neurons: nv lane vectors, the last holding t
-    if r <= 0:
-        return
-    nv = (r + LANES - 1) // LANES
-    t = r - (nv - 1) * LANES
-    if nv == 1:
-        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 1, t)
-    elif nv == 2:
-        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 2, t)
-    elif nv == 3:
-        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 3, t)
-    elif nv == 4:
-        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 4, t)
-    elif nv == 5:
-        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 5, t)
-    elif nv == 6:
-        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 6, t)
-    elif nv == 7:
-        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 7, t)
-    else:
-        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, 8, t)
+    if r > 0:
+        nv = (r + LANES - 1) // LANES
+        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, nv, r - (nv - 1) * LANES)
 
 
 @njit(**_opts)
