@@ -213,11 +213,12 @@ def _chunk_columns(csr, rows, s0, s1, csc, c):
 
 
 @njit(**_opts)
-def optim_chunks(m, n_params):
+def optim_chunks(m, n_params, n_listed=0):
     """Chunks a mini-batch of ``m`` is cut into (never the thread count, so results do not
     depend on it): one, run serially, for steps of fewer than ``SERIAL_STEP`` samples x
-    parameters; else chunks of at least ``n_params // 1024`` samples, but at least two
-    chunks from eight samples on.
+    parameters; else chunks of at least ``n_params // 1024`` samples, and with CSR
+    inputs of ``n_listed`` columns at least ``n_listed // 8``, but at least two chunks
+    from eight samples on.
 
     Every chunk has a gradient of the whole parameter vector, summed into the
     update each step.  Measured on the 2-core CI machine, epoch of MNIST
@@ -226,10 +227,18 @@ def optim_chunks(m, n_params):
     two; 784-256-128-10 at batch 32 took 1.09 s in one chunk, 0.94-0.97 s in two;
     784-16-16-10 at batch 10 took 0.32-0.33 s in two chunks (a parallel region per step),
     0.19-0.21 s serially.
+
+    With CSR inputs each chunk also lists its non-zeros by input
+    (:func:`_chunk_columns`: a pass over the ``n_listed + 1`` column pointers)
+    and the update reads each chunk's list of every input: costs per chunk
+    that W7's 784-32-10 (batch 100 and 200, 4 and 8 chunks of 25 samples)
+    paid often.  In two chunks (at least 98 samples for MNIST), four 5-epoch
+    fits on 30,000 images took 2.31 -> 2.11 s on one thread and 1.44 ->
+    1.18 s on two (medians of 3).
     """
     if m * n_params < SERIAL_STEP:
         return 1
-    per_chunk = max(4, min(n_params // 1024, m // 2))
+    per_chunk = max(4, min(max(n_params // 1024, n_listed // 8), m // 2))
     return max(1, min(MAX_CHUNKS, m // per_chunk))
 
 
@@ -401,7 +410,7 @@ def optim_step(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, opt, hype
     V = state[0]
     M2 = state[1]
     m = rows.shape[0]
-    nc = optim_chunks(m, G.shape[1])
+    nc = optim_chunks(m, G.shape[1], csc[1].shape[1])  # n_in columns listed, 0 if dense
     if nc == 1:  # no parallel region: waking the threads would cost more than the step
         stats[0, 0], stats[0, 1] = _chunk_loss(
             theta, sizes, offs, aoff, hid, out, X, T, w, rows, ident, A, D, G, 0, 0, m
