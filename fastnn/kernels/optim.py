@@ -183,7 +183,11 @@ def _chunk_columns(csr, rows, s0, s1, csc, c):
     (``csc = (cp, fill, cs, cv)``): input ``k``'s batch positions (ascending) where
     it is non-zero are ``cs[cp[c, k]:cp[c, k+1]]``, its values ``cv``.  Chunk ``c``
     writes after the non-zeros of the samples before ``s0``, so the chunks need no
-    other space than the whole batch."""
+    other space than the whole batch.
+
+    The hot loops index with unsigned integers, which Numba does not check for
+    negative (wraparound) indices: a count and a scatter over W5's mini-batches
+    (one thread, an epoch of MNIST, medians of 7) 0.094-0.109 -> 0.076-0.090 s."""
     indptr, indices, values = csr
     cp, fill, cs, cv = csc
     n_in = fill.shape[1]
@@ -193,10 +197,11 @@ def _chunk_columns(csr, rows, s0, s1, csc, c):
     ptr = cp[c]
     for k in range(n_in + 1):
         ptr[k] = 0
+    one = np.uint64(1)
     for i in range(s0, s1):
         r = rows[i]
-        for p in range(indptr[r], indptr[r + 1]):
-            ptr[indices[p] + 1] += 1
+        for p in range(np.uint64(indptr[r]), np.uint64(indptr[r + 1])):
+            ptr[np.uint64(indices[p]) + one] += 1
     ptr[0] = start
     fc = fill[c]
     for k in range(n_in):
@@ -204,12 +209,12 @@ def _chunk_columns(csr, rows, s0, s1, csc, c):
         fc[k] = ptr[k]
     for i in range(s0, s1):
         r = rows[i]
-        for p in range(indptr[r], indptr[r + 1]):
-            k = indices[p]
-            q = fc[k]
+        for p in range(np.uint64(indptr[r]), np.uint64(indptr[r + 1])):
+            k = np.uint64(indices[p])
+            q = np.uint64(fc[k])
             cs[q] = i
             cv[q] = values[p]
-            fc[k] = q + 1
+            fc[k] = q + one
 
 
 @njit(**_opts)
