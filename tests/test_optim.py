@@ -193,6 +193,17 @@ def test_network_optimizers_match_scikit_learn(settings, density, hidden, m):
     np.testing.assert_allclose(net.parameters, _flat(est.coefs_, est.intercepts_), atol=1e-10)
 
 
+def test_optim_chunks_with_csr_inputs():
+    """CSR inputs get chunks of at least n_in // 8 samples (their per-chunk costs scale
+    with n_in); dense inputs keep chunks of n_params // 1024 samples."""
+    n_params = 784 * 32 + 32 + 32 * 10 + 10  # W7's 784-32-10
+    assert optim.optim_chunks(200, n_params) == 8  # dense: 24 samples a chunk
+    assert optim.optim_chunks(200, n_params, 784) == 2  # CSR: at least 98
+    assert optim.optim_chunks(100, n_params, 784) == 2
+    assert optim.optim_chunks(2600, n_params, 784) == 8  # at most MAX_CHUNKS
+    assert optim.optim_chunks(20, n_params, 784) == 1  # a small step runs serially
+
+
 def test_network_optimizer_state_carries_over_calls():
     rng = np.random.default_rng(2)
     X = (rng.random((500, 64)) < 0.2) * rng.random((500, 64))
