@@ -130,13 +130,11 @@ def _rows_dot(W, woff, ld, idx, val, p0, p1, dst, doff, n):
     (:func:`.lanes._lanes_rows`), the last one masked to the neurons that remain, so
     that a row of 100 neurons is one pass over the non-zeros (6 lane vectors and 4 lanes)."""
     j = 0
-    while n - j > MAX_ROW_VECTORS * LANES:
-        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, MAX_ROW_VECTORS, LANES)
-        j += MAX_ROW_VECTORS * LANES
-    r = n - j  # 1 to 128 neurons: nv lane vectors, the last holding t
-    if r > 0:
-        nv = (r + LANES - 1) // LANES
+    while j < n:
+        r = min(n - j, MAX_ROW_VECTORS * LANES)  # 1 to 128 neurons: nv lane vectors,
+        nv = (r + LANES - 1) // LANES  # the last holding r - (nv-1)*16
         _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, nv, r - (nv - 1) * LANES)
+        j += r
 
 
 @njit(**_opts)
