@@ -396,8 +396,11 @@ def test_a_process_forked_after_training_fails_clearly_or_trains_never_dies():
 
 @pytest.mark.slow
 def test_ctrl_c_stops_a_long_epoch_promptly_with_whole_steps():
+    # Ctrl-C as in a terminal: a runner started in the background (`cmd &` without job
+    # control) hands its children SIGINT ignored, and Python then installs no handler
     code = """
-        import time, numpy as np, fastnn
+        import signal, time, numpy as np, fastnn
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         rng = np.random.default_rng(0)
         X = rng.random((60000, 784), dtype=np.float32)
         y = rng.integers(0, 10, 60000)
@@ -427,9 +430,11 @@ def test_ctrl_c_stops_a_long_epoch_promptly_with_whole_steps():
     sent = time.perf_counter()
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
-    waited = time.perf_counter() - sent
-    assert "interrupted" in out and out.split()[-1] == "True", err
-    assert waited < max(1.0, epoch / 4), (waited, epoch)  # not the end of the epoch
+    assert "interrupted" in out and out.split()[-1] == "True", (p.returncode, out, err)
+    # the child's clock at the interrupt (CLOCK_MONOTONIC on Linux, one clock for both;
+    # the process's exit afterwards takes 0.3-1 s here and is not what is tested)
+    waited = float(out.split()[-2]) - sent
+    assert waited < max(0.5, epoch / 4), (waited, epoch)  # not the end of the epoch
 
 
 def test_a_closed_pipe_and_ctrl_c_end_the_cli_without_a_traceback():
