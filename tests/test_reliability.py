@@ -7,6 +7,7 @@ no lost model.  Cases that once crashed the process run in a subprocess.
 import gzip
 import io
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -437,10 +438,20 @@ def test_ctrl_c_stops_a_long_epoch_promptly_with_whole_steps():
     assert waited < max(0.5, epoch / 4), (waited, epoch)  # not the end of the epoch
 
 
-def test_a_closed_pipe_and_ctrl_c_end_the_cli_without_a_traceback():
+@pytest.mark.parametrize("command", ["--help", "clear-cache"])
+def test_a_closed_pipe_and_ctrl_c_end_the_cli_without_a_traceback(command, tmp_path):
+    root = SRC
+    if command == "clear-cache":  # on a copy: it empties every cache of the package it runs
+        root = str(tmp_path)
+        shutil.copytree(
+            os.path.join(SRC, "fastnn"),
+            tmp_path / "fastnn",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
     r = subprocess.Popen(
-        [sys.executable, "-m", "fastnn", "clear-cache"],
-        env=dict(os.environ, PYTHONPATH=SRC),
+        [sys.executable, "-m", "fastnn", command],
+        env=dict(os.environ, PYTHONPATH=root, NUMBA_CACHE_DIR=str(tmp_path / "cache")),
+        cwd=root,  # `-m` puts the working directory first on sys.path
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
