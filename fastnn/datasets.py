@@ -22,8 +22,6 @@ import numbers
 import os
 import struct
 import tempfile
-import urllib.error
-import urllib.request
 import zlib
 from pathlib import Path
 
@@ -135,6 +133,9 @@ def download_mnist(dest=None, base_urls=None, quiet=False):
     checked against the official sum, then renamed into place; on any failure
     the temporary file is removed and the next mirror tried.
     """
+    import urllib.error  # here: urllib.request and http.client take 30-60 ms to import
+    import urllib.request
+
     dest = Path(dest) if dest is not None else cache_dir()
     dest.mkdir(parents=True, exist_ok=True)
     if base_urls is None:

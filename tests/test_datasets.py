@@ -6,6 +6,8 @@ import http.server
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -167,3 +169,13 @@ def test_real_mnist_matches_published_facts():
     assert yt[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     for name, md5 in FILES.values():
         assert datasets.md5sum(src / name) == md5
+
+
+def test_import_fastnn_leaves_the_download_modules_unloaded():
+    # urllib.request pulls in http.client and email: 30-60 ms of every start-up, for a
+    # download that most processes never make
+    code = (
+        "import sys, fastnn; print('urllib.request' in sys.modules, 'http.client' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.split() == ["False", "False"], r.stderr
