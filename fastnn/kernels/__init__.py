@@ -25,6 +25,7 @@ module           defines
 ``select``       the choice rules, :func:`choose_driver` and :data:`DRIVERS`
 ``buffers``      cache-line aligned allocation
 ``cache``        where compiled kernels are cached; the whole-package cache key
+``_startup``     spares Numba's first compile an import of ``scipy.linalg``
 ================ ==============================================================
 
 Every kernel is a pure function over arrays it is given; nothing allocates
@@ -76,9 +77,11 @@ mean the same thing everywhere:
 Buffer shapes are stated once, in each driver's ``*Buffers`` class.
 """
 
+from . import _startup
 from . import cache as _cache
 
 _cache.install()  # before any kernel is defined: every kernel gets the package-wide key
+_startup.defer_scipy_linalg()  # before Numba's first compile or cache load
 
 from .activations import _exp_inplace  # noqa: E402
 from .buffers import line_aligned_empty, whole_lines  # noqa: E402
