@@ -77,3 +77,19 @@ def test_first_kernel_load_leaves_scipy_linalg_unimported_and_blas_working():
     r = subprocess.run([sys.executable, "-c", _BLAS], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split() == ["False", "True", "True"]
+
+
+def test_blas_check_imports_only_where_it_cannot_find_the_module_file():
+    code = (
+        "import sys, fastnn\n"
+        "from fastnn.kernels import _startup\n"
+        "from numba.np import linalg\n"
+        "linalg.ensure_blas()\n"
+        "print('scipy.linalg' in sys.modules)\n"
+        "_startup._cython_blas_findable = lambda: False  # a zipped or frozen install\n"
+        "linalg.ensure_blas()  # Numba's own check, which imports\n"
+        "print('scipy.linalg.cython_blas' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["False", "True"]

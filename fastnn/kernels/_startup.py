@@ -11,7 +11,8 @@ cache.  No fastnn kernel calls BLAS.
 :func:`defer_scipy_linalg` gives ``numba.np.linalg`` an ``ensure_blas`` that
 checks the same thing without the import: the module file is found (its
 folder searched, the package not imported), then Numba's own check of the
-LAPACK integer width runs.  Numba's BLAS calls (``np.dot`` in a user's own
+LAPACK integer width runs (where no file is found, Numba's own check runs,
+and imports).  Numba's BLAS calls (``np.dot`` in a user's own
 kernel) import the module when they first run, as they always did, so they
 work as before.  With a Numba that lacks the function, or when
 ``numba.np.arraymath`` was already imported, nothing is changed.
@@ -50,10 +51,11 @@ def defer_scipy_linalg():
     if not hasattr(linalg, "ensure_blas"):
         return False
     check_width = getattr(linalg, "_check_lapack_int_width", None)
+    numba_check = linalg.ensure_blas
 
     def ensure_blas():
-        if not _cython_blas_findable():
-            raise ImportError("scipy 0.16+ is required for linear algebra")
+        if not _cython_blas_findable():  # not as a file (a zipped or frozen install?):
+            return numba_check()  # Numba's own check, which imports
         if check_width is not None:
             check_width()
 
