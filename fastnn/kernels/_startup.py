@@ -5,7 +5,7 @@ registries, and ``numba.np.arraymath`` checks at import time that SciPy's
 BLAS is there with ``numba.np.linalg.ensure_blas()``, which imports
 ``scipy.linalg.cython_blas``, so the whole ``scipy.linalg`` package (with
 SciPy's array-API layer, which imports ``numpy.f2py``): 0.2-0.25 s on the
-2-core machine, a third of the first ``SGD`` call of a process with a warm
+2-core machine, about half of the first ``SGD`` call of a process with a warm
 cache.  No fastnn kernel calls BLAS.
 
 :func:`defer_scipy_linalg` gives ``numba.np.linalg`` an ``ensure_blas`` that
