@@ -8,10 +8,11 @@ whole three ways, in turn within every round:
   inside a ``parallel_backend("dask")`` block even ``n_jobs=1`` runs on the
   cluster), fastnn's default threads;
 * ``dask``: ``joblib.parallel_backend("dask")`` on a ``LocalCluster`` of two
-  worker processes with one thread each (started and warmed once, before
-  timing: ``fastnn.dask.warmup``; the data scattered to every worker once,
-  ``parallel_backend("dask", scatter=[X, y])``, with the active memory manager
-  stopped so that the copies stay, as the README's recipe says);
+  worker processes with one thread each, their profiler off (started and
+  warmed once, before timing: ``fastnn.dask.warmup``; the data scattered to
+  every worker once, ``parallel_backend("dask", scatter=[X, y])``, with the
+  active memory manager stopped so that the copies stay, as the README's
+  recipe says);
 * ``loky``: joblib's own ``n_jobs=2`` (worker processes reused across rounds).
 
 The cluster start, warm-up and scatter are timed apart (``cluster_start_s``,
@@ -42,6 +43,7 @@ def _search(n_jobs):
 
 def search_runs(data, rounds, budget, log=print):
     """Results of W7 (``fastnn.bench.Result``) and a dict of the one-off costs."""
+    import dask
     import distributed
     import joblib
 
@@ -51,9 +53,12 @@ def search_runs(data, rounds, budget, log=print):
     X, y = data.X, data.y
     extra = {}
     t = time.perf_counter()
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    )
+    # as the README's recipe: no stack sampling every 10 ms in workers whose cores the
+    # fits keep busy (2-6% of W7's fit time)
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        )
     client = distributed.Client(cluster)
     extra["cluster_start_s"] = time.perf_counter() - t
     try:
