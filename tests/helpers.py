@@ -1,6 +1,11 @@
 """Shared test data and parameter lists (imported by the test modules)."""
 
+import os
+import shutil
+
 import numpy as np
+
+import fastnn
 
 COMBOS = [  # (hidden activation, output activation, cost)
     (h, o, c)
@@ -19,3 +24,15 @@ def make_data(n, n_in, n_out, seed=0, dtype=np.float64, density=0.4):
     rng = np.random.default_rng(seed)
     X = rng.random((n, n_in)) * (rng.random((n, n_in)) < density)
     return X.astype(dtype), rng.integers(0, n_out, n)
+
+
+def copy_package(root):
+    """A copy of the fastnn package in ``root/fastnn``, without its compiled caches, for a
+    subprocess that may edit or clear it (run it with ``PYTHONPATH`` and ``cwd`` at
+    ``root``); returns ``root``."""
+    shutil.copytree(
+        os.path.dirname(fastnn.__file__),
+        os.path.join(root, "fastnn"),
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    return root

@@ -1,15 +1,14 @@
 """Numba's cache cannot serve stale kernels, and it can be cleared."""
 
 import os
-import shutil
 import subprocess
 import sys
 import warnings
 
 import pytest
 
-import fastnn
 from fastnn.kernels import cache
+from helpers import copy_package
 
 SCRIPT = r"""
 import numpy as np
@@ -38,12 +37,7 @@ def test_an_edit_in_one_kernel_module_recompiles_the_kernels_that_use_it(tmp_pat
     # forward_one lives in inference.py and compiles the activations of activations.py into
     # itself.  Numba alone checks only inference.py's own source, so after an edit to
     # activations.py it would load the old machine code from its cache (numba issue 1833).
-    pkg = tmp_path / "src"
-    shutil.copytree(
-        os.path.dirname(fastnn.__file__),
-        pkg / "fastnn",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    pkg = copy_package(tmp_path / "src")
     before = _run(pkg, tmp_path / "cache", "-c", SCRIPT)
     assert _run(pkg, tmp_path / "cache", "-c", SCRIPT) == before  # loaded from the cache
     act = pkg / "fastnn" / "kernels" / "activations.py"

@@ -7,7 +7,6 @@ no lost model.  Cases that once crashed the process run in a subprocess.
 import gzip
 import io
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -23,7 +22,7 @@ import pytest
 import fastnn
 from fastnn import Network, datasets, persistence
 from fastnn.cli import main
-from helpers import make_data
+from helpers import copy_package, make_data
 
 SRC = os.path.dirname(os.path.dirname(fastnn.__file__))
 
@@ -442,12 +441,7 @@ def test_ctrl_c_stops_a_long_epoch_promptly_with_whole_steps():
 def test_a_closed_pipe_and_ctrl_c_end_the_cli_without_a_traceback(command, tmp_path):
     root = SRC
     if command == "clear-cache":  # on a copy: it empties every cache of the package it runs
-        root = str(tmp_path)
-        shutil.copytree(
-            os.path.join(SRC, "fastnn"),
-            tmp_path / "fastnn",
-            ignore=shutil.ignore_patterns("__pycache__"),
-        )
+        root = str(copy_package(tmp_path))
     r = subprocess.Popen(
         [sys.executable, "-m", "fastnn", command],
         env=dict(os.environ, PYTHONPATH=root, NUMBA_CACHE_DIR=str(tmp_path / "cache")),
