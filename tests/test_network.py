@@ -66,6 +66,22 @@ def test_feedforward_shapes_follow_input():
     assert np.array_equal(p.argmax(axis=1), net.predict(X))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_rows_outputs_do_not_depend_on_its_place_in_the_batch(dtype):
+    """The forward kernels' blocks of samples round differently; feedforward runs every
+    row of a 2-D batch through the widest block, so a row's outputs are the same bits
+    alone, in a shuffled batch or after a remainder of any length.  (A 1-D sample takes
+    the one-sample kernel, whose sums may differ in the last bit.)"""
+    net = Network([37, 23, 9, 4], seed=2, dtype=dtype)
+    X, _ = make_data(29, 37, 4)
+    out = net.feedforward(X)
+    order = np.random.default_rng(0).permutation(len(X))
+    assert np.array_equal(net.feedforward(X[order]), out[order])
+    for k in range(len(X)):
+        assert np.array_equal(net.feedforward(X[k : k + 1]), out[k : k + 1])
+        assert np.array_equal(net.feedforward(X[k:]), out[k:])
+
+
 def test_history_and_printing(capsys):
     X, y = make_data(300, 10, 3)
     net = Network([10, 6, 3], seed=0)

@@ -16,15 +16,29 @@ Each is a Numba ``@intrinsic`` that emits a few LLVM instructions:
   of 16 inputs into the CSR arrays (:mod:`.csr`).
 """
 
+import functools
 import platform
 
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 _HAS_SCHED_YIELD = platform.system() in ("Linux", "Darwin", "FreeBSD")
+
+
+@functools.cache
+def target_has_avx512():
+    """Whether Numba compiles for a CPU with AVX-512 (foundation): the features
+    ``NUMBA_CPU_FEATURES`` names when set, else the host's, as Numba chooses."""
+    if config.CPU_FEATURES is not None:
+        features = config.CPU_FEATURES.split(",")
+    else:
+        import llvmlite.binding as ll
+
+        features = ll.get_host_cpu_features().flatten().split(",")
+    return "+avx512f" in features
 
 
 def _item_pointer(context, builder, signature, args):

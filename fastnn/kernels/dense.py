@@ -20,8 +20,10 @@ Invariants:
 * Blocking: the forward pass and the weight gradient take eight samples x two
   neurons at a time (16 accumulators), then four x two, then the last samples
   one at a time over four (forward) or two (gradient) neurons; each weight
-  row is loaded once per eight samples.  ``tests/test_dense_blocks.py`` runs
-  every remainder.
+  row is loaded once per eight samples.  The forward pass's eight-sample
+  block holds 16 vector accumulators, which fit AVX-512's 32 registers; with
+  AVX2's 16 they spill, and the forward pass starts at blocks of four
+  (:data:`FORWARD_BLOCK`).  ``tests/test_blocks.py`` runs every remainder.
 * Fixed chunks: the chunk layout depends only on the batch size and the
   parameter count, never on the thread count, and chunk gradients are summed
   in chunk order, so trained weights are bit-identical whatever
@@ -39,12 +41,18 @@ from numba import njit, prange
 
 from ..layout import layer_offsets
 from ._jit import _0, _dot_opts, _opts
+from ._llvm import target_has_avx512
 from .activations import _activate, _any_nonfinite, _derivative, _output_deltas
 from .lanes import LANES, _lanes_rows_combine
 
 MAX_CHUNKS = 8  # chunks of a mini-batch, at most (every driver)
 UPDATE_BLOCK = 8192  # parameters per block of the parallel update pass
 PARALLEL_UPDATE_MIN = 65536  # networks with fewer parameters update serially
+# The forward pass's widest block of samples: eight where 16 accumulators fit in
+# the vector registers (AVX-512), else four (W3's training and W4's inference
+# 1.3-1.9x faster on an AVX2 CPU, docs/performance-notes.md).  A compile-time
+# constant: Numba freezes it into the kernels, and its caches are per CPU.
+FORWARD_BLOCK = 8 if target_has_avx512() else 4
 
 
 @njit(**_dot_opts)
@@ -56,7 +64,7 @@ def _dense_forward(theta, woff, boff, n_in, n_out, src, rows, src_col, dst, dst_
     b = theta[boff : boff + n_out]
     zero = theta[0] * _0
     i = s0
-    while i + 8 <= s1:  # two neurons x eight samples: 16 accumulators
+    while FORWARD_BLOCK == 8 and i + 8 <= s1:  # two neurons x eight samples: 16 accumulators
         x0 = src[rows[i], src_col : src_col + n_in]
         x1 = src[rows[i + 1], src_col : src_col + n_in]
         x2 = src[rows[i + 2], src_col : src_col + n_in]

@@ -11,7 +11,7 @@ from numba import njit, prange
 
 from ._jit import _0, _dot_opts, _opts
 from .activations import _activate, _count_nonfinite
-from .dense import _forward_chunk
+from .dense import FORWARD_BLOCK, _forward_chunk
 
 
 @njit(parallel=True, **_opts)
@@ -32,18 +32,18 @@ def forward(theta, sizes, offs, aoff, hid, out, X, ident, A, block):
     return bad
 
 
-ROW_BLOCK = 8  # the forward kernels' widest block of samples
+ROW_BLOCK = FORWARD_BLOCK  # the forward kernels' widest block of samples
 
 
 def forward_rows(theta, sizes, offs, aoff, hid, out, X, A, block):
     """:func:`forward` of all rows of ``X`` into ``A``, each row computed the same way.
 
-    The forward kernels take blocks of eight samples, then four, then one,
-    and the blocks round differently (their sums vectorise differently), so
-    a row's last bits would depend on its place in ``X``: predictions would
-    change with the sample order or the batch a row arrives in.  Here every
-    row goes through the eight-sample block: the rows past the last multiple
-    of eight are run in a zero-padded block of eight.  Returns the count of
+    The forward kernels take blocks of eight samples (:data:`ROW_BLOCK`: four
+    without AVX-512), then four, then one, and the blocks round differently
+    (their sums vectorise differently), so a row's last bits would depend on
+    its place in ``X``: predictions would change with the sample order or the
+    batch a row arrives in.  Here every row goes through the widest block: the
+    rows past its last multiple are run in a zero-padded block.  Returns the count of
     non-finite values met, as :func:`forward` does.
     """
     n = X.shape[0]
