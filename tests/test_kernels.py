@@ -295,3 +295,20 @@ def test_thread_count_changing_between_driver_calls_gives_the_same_weights(drive
         net.SGD((X, y), 2, 10, 0.5, quiet=True, threads=threads, _driver=driver)
         results.append(net.parameters.copy())
     assert np.array_equal(results[0], results[1])
+
+
+def test_avx512_detection_follows_numba_cpu_features(monkeypatch):
+    """Kernels that are shaped by the vector registers (dense.FORWARD_BLOCK) ask whether
+    Numba targets AVX-512: NUMBA_CPU_FEATURES when set, else the host's features."""
+    import llvmlite.binding as ll
+    from numba.core import config
+
+    from fastnn.kernels._llvm import target_has_avx512
+
+    detect = target_has_avx512.__wrapped__  # without the per-process cache
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+avx512f,+fma")
+    assert detect() is True
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,-avx512f,+fma")
+    assert detect() is False
+    monkeypatch.setattr(config, "CPU_FEATURES", None)
+    assert detect() is bool(ll.get_host_cpu_features().get("avx512f"))
