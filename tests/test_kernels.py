@@ -312,3 +312,5 @@ def test_avx512_detection_follows_numba_cpu_features(monkeypatch):
     assert detect() is False
     monkeypatch.setattr(config, "CPU_FEATURES", None)
     assert detect() is bool(ll.get_host_cpu_features().get("avx512f"))
+    monkeypatch.setattr(config, "ENABLE_AVX", False)  # NUMBA_ENABLE_AVX=0
+    assert detect() is False

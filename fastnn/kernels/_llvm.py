@@ -31,14 +31,15 @@ _HAS_SCHED_YIELD = platform.system() in ("Linux", "Darwin", "FreeBSD")
 @functools.cache
 def target_has_avx512():
     """Whether Numba compiles for a CPU with AVX-512 (foundation): the features
-    ``NUMBA_CPU_FEATURES`` names when set, else the host's, as Numba chooses."""
+    ``NUMBA_CPU_FEATURES`` names when set, else the host's (less AVX when
+    ``NUMBA_ENABLE_AVX=0``), as Numba's JIT codegen chooses them."""
     if config.CPU_FEATURES is not None:
-        features = config.CPU_FEATURES.split(",")
+        features = config.CPU_FEATURES
     else:
-        import llvmlite.binding as ll
+        from numba.core.codegen import get_host_cpu_features
 
-        features = ll.get_host_cpu_features().flatten().split(",")
-    return "+avx512f" in features
+        features = get_host_cpu_features()
+    return "+avx512f" in features.split(",")
 
 
 def _item_pointer(context, builder, signature, args):

@@ -43,8 +43,8 @@ def forward_rows(theta, sizes, offs, aoff, hid, out, X, A, block):
     (their sums vectorise differently), so a row's last bits would depend on
     its place in ``X``: predictions would change with the sample order or the
     batch a row arrives in.  Here every row goes through the widest block: the
-    rows past its last multiple are run in a zero-padded block.  Returns the count of
-    non-finite values met, as :func:`forward` does.
+    rows past its last multiple are run in a zero-padded block.  Returns the
+    count of non-finite values met, as :func:`forward` does.
     """
     n = X.shape[0]
     head = n - n % ROW_BLOCK
