@@ -258,9 +258,13 @@ def _lanes_rows(typingctx, W, woff, ld, idx, val, p0, p1, vec, voff, nv, t):
     def codegen(context, builder, signature, args):
         v = _LaneIR(context, builder, signature, args, _ROWS_ARGS)
         intp = context.get_value_type(types.intp)
-        lane = ir.VectorType(intp, LANES)
+        # The lane mask from a compare of 32-bit lanes: with AVX2 that compare's result is
+        # the mask vmaskmovps takes; from 64-bit lanes LLVM re-packed it in every iteration.
+        i32 = ir.IntType(32)
+        lane = ir.VectorType(i32, LANES)
+        t32 = builder.trunc(v.intp("t"), i32)
         mask = builder.icmp_signed(
-            "<", ir.Constant(lane, list(range(LANES))), _splat(builder, lane, v.intp("t"))
+            "<", ir.Constant(lane, list(range(LANES))), _splat(builder, lane, t32)
         )
         voff_, p0_ = v.intp("voff"), v.intp("p0")
         align = ir.IntType(32)(v.align)
