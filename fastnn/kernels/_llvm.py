@@ -14,6 +14,9 @@ Each is a Numba ``@intrinsic`` that emits a few LLVM instructions:
   vectorised ``exp`` (:mod:`.activations`);
 * :func:`_compress_nonzeros` -- ``llvm.masked.compressstore``: the non-zeros
   of 16 inputs into the CSR arrays (:mod:`.csr`).
+
+and :func:`target_has_avx512`, which the kernels shaped by the vector
+registers ask (:data:`.dense.FORWARD_BLOCK`, :data:`.csr.COMPRESS_STORES`).
 """
 
 import functools
@@ -324,10 +327,11 @@ def _compress_nonzeros(typingctx, row, k0, indices, values, p, divisor):
 
     but with one vector compare and two compress-stores
     (``llvm.masked.compressstore``: ``vcompressps``/``vpcompressw`` on
-    AVX-512, expanded by LLVM elsewhere), about 5x faster than the scalar
-    loop for MNIST.  NaN counts as non-zero.  Only the non-zeros are written.
-    No bounds checks: the caller guarantees 16 inputs from ``k0`` and room for
-    the non-zeros from ``p``.
+    AVX-512, about 5x faster than the scalar loop for MNIST; without AVX-512
+    LLVM expands them into a branch per lane, slower than the plain loop, and
+    :func:`.csr.fill_rows` does not call this there).  NaN counts as non-zero.
+    Only the non-zeros are written.  No bounds checks: the caller guarantees 16
+    inputs from ``k0`` and room for the non-zeros from ``p``.
     """
     if not _compress_types(row, k0, indices, values, p, divisor):
         return None

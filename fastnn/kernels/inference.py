@@ -32,14 +32,11 @@ def forward(theta, sizes, offs, aoff, hid, out, X, ident, A, block):
     return bad
 
 
-ROW_BLOCK = FORWARD_BLOCK  # the forward kernels' widest block of samples
-
-
 def forward_rows(theta, sizes, offs, aoff, hid, out, X, A, block):
     """:func:`forward` of all rows of ``X`` into ``A``, each row computed the same way.
 
-    The forward kernels take blocks of eight samples (:data:`ROW_BLOCK`: four
-    without AVX-512), then four, then one, and the blocks round differently
+    The forward kernels take blocks of eight samples (:data:`.dense.FORWARD_BLOCK`:
+    four without AVX-512), then four, then one, and the blocks round differently
     (their sums vectorise differently), so a row's last bits would depend on
     its place in ``X``: predictions would change with the sample order or the
     batch a row arrives in.  Here every row goes through the widest block: the
@@ -47,16 +44,16 @@ def forward_rows(theta, sizes, offs, aoff, hid, out, X, A, block):
     count of non-finite values met, as :func:`forward` does.
     """
     n = X.shape[0]
-    head = n - n % ROW_BLOCK
+    head = n - n % FORWARD_BLOCK
     bad = 0
     if head:
         ident = np.arange(head, dtype=np.int64)
         bad += forward(theta, sizes, offs, aoff, hid, out, X[:head], ident, A[:head], block)
     if head < n:
-        pad = np.zeros((ROW_BLOCK, X.shape[1]), X.dtype)
+        pad = np.zeros((FORWARD_BLOCK, X.shape[1]), X.dtype)
         pad[: n - head] = X[head:]
-        Ap = np.empty((ROW_BLOCK, A.shape[1]), A.dtype)
-        ident = np.arange(ROW_BLOCK, dtype=np.int64)
+        Ap = np.empty((FORWARD_BLOCK, A.shape[1]), A.dtype)
+        ident = np.arange(FORWARD_BLOCK, dtype=np.int64)
         bad += forward(theta, sizes, offs, aoff, hid, out, pad, ident, Ap, block)
         A[head:] = Ap[: n - head]
     return bad
