@@ -41,15 +41,17 @@ def _plain_rows(W, woff, ld, idx, val, p0, p1, dst, doff, n):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_row_kernel_is_bit_identical_to_the_plain_loop(dtype):
-    # rows of n neurons: 1 to 8 lane vectors per call, the last masked to the neurons that
-    # remain (100 = 6 vectors + 4 lanes; 300 = 8 + 8 vectors, then 2 + 12 lanes); at the
-    # start of W and dst and at offsets into both (a neuron range of wider rows); the
-    # masked lanes write nothing outside dst[doff:doff + n]
+    # rows of n neurons: 1 to MAX_ROW_VECTORS vectors per call, the last masked to the
+    # neurons that remain (with AVX-512, vectors of 16 lanes: 100 = 6 vectors + 4 lanes,
+    # 300 = passes of 7, 6 and 5 vectors + 12 lanes; with AVX2, of 8 float32 lanes: 100 =
+    # 12 vectors + 4 lanes, 136 = passes of 9 and 8 vectors); at the start of W and dst and
+    # at offsets into both (a neuron range of wider rows); the masked lanes write nothing
+    # outside dst[doff:doff + n]
     rng = np.random.default_rng(1)
     n_in = 60
     indptr, idx, val = _sparse_rows(rng, n_in, [0, 1, 3, 17, 40], np.int32)
     val = val.astype(dtype)
-    for n in (1, 15, 16, 17, 32, 40, 64, 100, 127, 128, 129, 143, 256, 300):
+    for n in (1, 15, 16, 17, 32, 40, 64, 100, 104, 127, 128, 129, 136, 143, 256, 300):
         for woff, doff, ld in ((0, 0, n), (7, 5, n + 9)):
             W = rng.standard_normal(n_in * ld + woff).astype(dtype)
             for r in range(len(indptr) - 1):

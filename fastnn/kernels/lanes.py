@@ -23,12 +23,14 @@ No intrinsic checks bounds: the caller guarantees every index
 (``idx`` in ``[0, n_in)``, the lane vectors inside their arrays).
 """
 
+import contextlib
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-from ._llvm import _splat
+from ._llvm import _splat, target_has_avx512
 
 LANES = 16  # neurons per lane vector: one AVX-512 register of float32 (two of float64)
 
@@ -54,9 +56,10 @@ class _LaneIR:
     ``names`` are the intrinsic's parameter names in order; array arguments
     are reached through :meth:`ptr` / :meth:`vptr`, integer arguments through
     :meth:`intp` (as ``intp`` values).  ``W`` is always the first argument.
+    Vectors have ``LANES`` lanes, or ``lanes(dtype)`` when that function is given.
     """
 
-    def __init__(self, context, builder, signature, args, names):
+    def __init__(self, context, builder, signature, args, names, lanes=None):
         self.context, self.builder = context, builder
         self.types = dict(zip(names, signature.args))
         self.values = dict(zip(names, args))
@@ -66,7 +69,8 @@ class _LaneIR:
             if isinstance(t, types.Array)
         }
         self.dtype = self.types[names[0]].dtype
-        self.vty = ir.VectorType(context.get_value_type(self.dtype), LANES)
+        self.lanes = LANES if lanes is None else lanes(self.dtype)
+        self.vty = ir.VectorType(context.get_value_type(self.dtype), self.lanes)
         self.align = self.dtype.bitwidth // 8  # lane vectors are only element-aligned
 
     def intp(self, name):
@@ -89,7 +93,7 @@ class _LaneIR:
         )
 
     def vptr(self, name, index):
-        """Pointer to the lane vector ``name[index:index + LANES]``."""
+        """Pointer to the lane vector ``name[index:index + lanes]``."""
         return self.builder.bitcast(self.ptr(name, index), self.vty.as_pointer())
 
     def load(self, name, index):
@@ -112,7 +116,7 @@ class _LaneIR:
 
     def fma(self, a, b, c):
         """``a * b + c`` lane by lane, one fused multiply-add (``llvm.fma``)."""
-        name = "llvm.fma.v%d%s" % (LANES, "f32" if self.dtype == types.float32 else "f64")
+        name = "llvm.fma.v%d%s" % (self.lanes, "f32" if self.dtype == types.float32 else "f64")
         fn = cgutils.get_or_insert_function(
             self.builder.module, ir.FunctionType(self.vty, [self.vty] * 3), name
         )
@@ -206,6 +210,34 @@ def _lanes_sparse_axpy(typingctx, W, woff, ld, idx, val, p0, p1, src, soff, alph
 # order), so results are bit-identical to it.
 
 
+@contextlib.contextmanager
+def _row_loop(builder, start, stop, unroll):
+    """``for i in range(start, stop)`` over ``intp`` values, yielding ``i``; unless
+    ``unroll``, the loop carries ``llvm.loop.unroll.disable``."""
+    intp = start.type
+    pre = builder.block
+    cond = builder.append_basic_block("row.cond")
+    body = builder.append_basic_block("row.body")
+    end = builder.append_basic_block("row.end")
+    builder.branch(cond)
+    builder.position_at_end(cond)
+    i = builder.phi(intp)
+    i.add_incoming(start, pre)
+    builder.cbranch(builder.icmp_signed("<", i, stop), body, end)
+    builder.position_at_end(body)
+    yield i
+    i.add_incoming(builder.add(i, ir.Constant(intp, 1)), builder.block)
+    latch = builder.branch(cond)
+    if not unroll:  # a loop ID: a node of its own whose first operand is itself, then the
+        # hints (Module.add_metadata would hand every loop the same node)
+        module = builder.module
+        hint = module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")])
+        loop_id = ir.MDValue(module, [hint], name=str(len(module.metadata)))
+        loop_id.operands = (loop_id, hint)
+        latch.set_metadata("llvm.loop", loop_id)
+    builder.position_at_end(end)
+
+
 def _vector_count(nv):
     """The literal ``nv`` (lane vectors per call) as an int, or None."""
     if isinstance(nv, types.IntegerLiteral) and nv.literal_value in (1, 2, 4, 8):
@@ -214,7 +246,32 @@ def _vector_count(nv):
 
 
 _ROWS_ARGS = ("W", "woff", "ld", "idx", "val", "p0", "p1", "vec", "voff", "nv", "t")
-MAX_ROW_VECTORS = 8  # lane vectors one call of _lanes_rows holds in registers
+# The row kernel's vectors and how many of them one call holds in registers.  With
+# AVX-512: lane vectors of 16 (one register of float32, two of float64), eight of them.
+# Without (AVX2: 16 registers of 256 bits): one register each (8 float32, 4 float64),
+# up to sixteen, and LLVM must not unroll the loop over the non-zeros (two iterations'
+# values do not fit beside the sums).  A row of 100 float32 neurons is then 12 whole
+# vectors and one of 4 lanes, and the broadcast value, the mask and a loaded vector fit
+# beside them; lane vectors of 16 wasted a register on an all-masked half and spilled
+# sums to the stack.  Sixteen sums and a mask spill a few, but cost less than a second
+# pass over the non-zeros (rows of 128).  docs/performance-notes.md has the figures.
+_ROW_AVX512 = target_has_avx512()
+MAX_ROW_VECTORS = 8 if _ROW_AVX512 else 16
+
+
+def _row_lanes_of(dtype):
+    """Lanes of :func:`_lanes_rows`'s vectors for a float ``dtype`` (a Numba type)."""
+    return LANES if _ROW_AVX512 else 256 // dtype.bitwidth
+
+
+def row_lanes(W):
+    """Lanes of :func:`_lanes_rows`'s vectors for ``W``'s dtype (a compile-time constant)."""
+
+
+@overload(row_lanes)
+def _row_lanes_typed(W):
+    n = _row_lanes_of(W.dtype)
+    return lambda W: n
 
 
 def _masked_memory(builder, name, vty, ptr_type, mask_type):
@@ -234,17 +291,18 @@ def _masked_memory(builder, name, vty, ptr_type, mask_type):
 
 @intrinsic
 def _lanes_rows(typingctx, W, woff, ld, idx, val, p0, p1, vec, voff, nv, t):
-    """``n = (nv-1)*16 + t`` neurons of rows over one sparse input, the same as::
+    """``n = (nv-1)*L + t`` neurons of rows over one sparse input, with ``L`` the
+    vector's lanes (:func:`row_lanes`); the same as::
 
         for p in range(p0, p1):
             c = woff + idx[p] * ld
             vec[voff:voff + n] += val[p] * W[c:c + n]
 
-    with ``vec`` kept in ``nv`` lane vectors in registers, the last of which
+    with ``vec`` kept in ``nv`` vectors in registers, the last of which
     holds only its first ``t`` lanes (masked loads and stores, which touch no
     memory in the other lanes): one multiply-add per non-zero and lane, in
-    ``p`` order.  ``nv``: 1 to 8 (a switch over one compiled loop per count);
-    ``t``: 1 to 16.  No bounds checks.
+    ``p`` order.  ``nv``: 1 to ``MAX_ROW_VECTORS`` (a switch over one compiled
+    loop per count); ``t``: 1 to ``L``.  No bounds checks.
     """
     if not (
         _lane_vector_args(W, idx, val, vec)
@@ -256,39 +314,41 @@ def _lanes_rows(typingctx, W, woff, ld, idx, val, p0, p1, vec, voff, nv, t):
     sig = types.void(W, woff, ld, idx, val, p0, p1, vec, voff, nv, t)
 
     def codegen(context, builder, signature, args):
-        v = _LaneIR(context, builder, signature, args, _ROWS_ARGS)
+        v = _LaneIR(context, builder, signature, args, _ROWS_ARGS, _row_lanes_of)
+        nl = v.lanes
         intp = context.get_value_type(types.intp)
-        # The lane mask from a compare of 32-bit lanes: with AVX2 that compare's result is
-        # the mask vmaskmovps takes; from 64-bit lanes LLVM re-packed it in every iteration.
-        i32 = ir.IntType(32)
-        lane = ir.VectorType(i32, LANES)
-        t32 = builder.trunc(v.intp("t"), i32)
+        # The lane mask from a compare of integer lanes as wide as the values: with AVX2
+        # that compare's result is the mask vmaskmovps/pd takes; from wider lanes LLVM
+        # re-packed it in every iteration.
+        iw = ir.IntType(v.dtype.bitwidth)
+        lane = ir.VectorType(iw, nl)
+        tw = context.cast(builder, v.values["t"], v.types["t"], types.int64)
+        tw = builder.trunc(tw, iw) if v.dtype.bitwidth < 64 else tw
         mask = builder.icmp_signed(
-            "<", ir.Constant(lane, list(range(LANES))), _splat(builder, lane, t32)
+            "<", ir.Constant(lane, list(range(nl))), _splat(builder, lane, tw)
         )
         voff_, p0_ = v.intp("voff"), v.intp("p0")
         align = ir.IntType(32)(v.align)
         ptr_type = v.vty.as_pointer()
         masked_load = _masked_memory(builder, "load", v.vty, ptr_type, mask.type)
         masked_store = _masked_memory(builder, "store", v.vty, ptr_type, mask.type)
-        zero = ir.Constant(v.vty, [0.0] * LANES)
+        zero = ir.Constant(v.vty, [0.0] * nl)
 
-        def rows(n):  # the loop for n lane vectors, the last one masked
+        def rows(n):  # the loop for n vectors, the last one masked
             def load(q, ptr):
                 if q < n - 1:
                     return builder.load(ptr, align=v.align)
                 return builder.call(masked_load, [ptr, align, mask, zero])
 
-            vecs = [v.vptr("vec", builder.add(voff_, intp(LANES * q))) for q in range(n)]
+            vecs = [v.vptr("vec", builder.add(voff_, intp(nl * q))) for q in range(n)]
             held = [cgutils.alloca_once(builder, v.vty) for _ in range(n)]
             for q, (acc, ptr) in enumerate(zip(held, vecs)):
                 builder.store(load(q, ptr), acc)
-            with cgutils.for_range(builder, builder.sub(v.intp("p1"), p0_)) as loop:
-                p = builder.add(p0_, loop.index)
+            with _row_loop(builder, p0_, v.intp("p1"), _ROW_AVX512) as p:
                 x = v.splat(v.load("val", p))
                 row = v.weight_index(p)
                 for q in range(n):
-                    w = load(q, v.vptr("W", builder.add(row, intp(LANES * q))))
+                    w = load(q, v.vptr("W", builder.add(row, intp(nl * q))))
                     builder.store(v.fma(x, w, builder.load(held[q])), held[q])
             for q, (acc, ptr) in enumerate(zip(held, vecs)):
                 if q < n - 1:

@@ -48,7 +48,7 @@ from .dense import (
     _forward_later,
     update_blocks,
 )
-from .lanes import LANES, MAX_ROW_VECTORS, _lanes_rows
+from .lanes import MAX_ROW_VECTORS, _lanes_rows, row_lanes
 
 # optimisers and the hyper-parameter vector ``hyper`` (float64)
 SGD, ADAM = 0, 1
@@ -126,15 +126,22 @@ def _chunk_gradient_targets(
 @njit(**_opts)
 def _rows_dot(W, woff, ld, idx, val, p0, p1, dst, doff, n):
     """``dst[doff + j] += sum_p val[p] * W[woff + idx[p]*ld + j]`` for ``j < n``, ``p`` in
-    ``[p0, p1)`` in order: up to eight lane vectors at a time held in registers
+    ``[p0, p1)`` in order: up to ``MAX_ROW_VECTORS`` vectors at a time held in registers
     (:func:`.lanes._lanes_rows`), the last one masked to the neurons that remain, so
-    that a row of 100 neurons is one pass over the non-zeros (6 lane vectors and 4 lanes)."""
+    that a row of 100 float32 neurons is one pass over the non-zeros (6 lane vectors of 16
+    and 4 lanes with AVX-512, 12 of 8 and 4 lanes with AVX2).  Wider rows take as few
+    passes as the registers allow, of nearly equal vector counts."""
+    L = row_lanes(W)
+    left = (n + L - 1) // L  # vectors still to do
+    passes = (left + MAX_ROW_VECTORS - 1) // MAX_ROW_VECTORS
     j = 0
     while j < n:
-        r = min(n - j, MAX_ROW_VECTORS * LANES)  # 1 to 128 neurons: nv lane vectors,
-        nv = (r + LANES - 1) // LANES  # the last holding r - (nv-1)*16
-        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, nv, r - (nv - 1) * LANES)
+        nv = (left + passes - 1) // passes
+        r = min(n - j, nv * L)  # nv vectors, the last holding r - (nv-1)*L neurons
+        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, nv, r - (nv - 1) * L)
         j += r
+        left -= nv
+        passes -= 1
 
 
 @njit(**_opts)
