@@ -9,8 +9,9 @@ the update (:func:`_lanes_sparse_axpy`).
 The row kernels hold up to eight lane vectors of sums in registers while
 they run over a list of rows (:func:`_lanes_rows`: the ``"optim"`` driver's
 first layer, any width: a sample's non-zero inputs in the forward pass, an
-input's samples in the mini-batch for the gradient) or over the neurons of
-the layer above (:func:`_lanes_rows_combine`: every driver's
+input's samples in the mini-batch for the gradient; without AVX-512 its
+vectors are one register each, up to ``MAX_ROW_VECTORS`` of them) or over
+the neurons of the layer above (:func:`_lanes_rows_combine`: every driver's
 backpropagation); each sum runs in the order of the plain loop it replaces,
 so they round as it did.
 
