@@ -128,9 +128,10 @@ def _rows_dot(W, woff, ld, idx, val, p0, p1, dst, doff, n):
     """``dst[doff + j] += sum_p val[p] * W[woff + idx[p]*ld + j]`` for ``j < n``, ``p`` in
     ``[p0, p1)`` in order: up to ``MAX_ROW_VECTORS`` vectors at a time held in registers
     (:func:`.lanes._lanes_rows`), the last one masked to the neurons that remain, so
-    that a row of 100 float32 neurons is one pass over the non-zeros (6 lane vectors of 16
-    and 4 lanes with AVX-512, 12 of 8 and 4 lanes with AVX2).  Wider rows take as few
-    passes as the registers allow, of nearly equal vector counts."""
+    that a row of 100 float32 neurons is one pass over the non-zeros (with AVX-512, 6 lane
+    vectors of 16 and a masked one of 4 lanes; with AVX2, 12 vectors of 8 and a masked one
+    of 4).  Wider rows take as few passes as the registers allow, of nearly equal vector
+    counts."""
     L = row_lanes(W)
     left = (n + L - 1) // L  # vectors still to do
     passes = (left + MAX_ROW_VECTORS - 1) // MAX_ROW_VECTORS
