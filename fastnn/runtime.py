@@ -204,8 +204,13 @@ class ThreadTuner:
     trial: more load makes the team slower still, and the timings beside
     busy processes jump by 30% and more from call to call (beside two, 4
     of 7 W1 epochs carried such a trial, each costing 1.2-2.5 normal
-    calls).  Trials of the team are eighth-sized calls.  Trained weights are bit-identical whatever
-    the thread count, so this changes speed only.
+    calls).  Trials of the team are eighth-sized calls, and a trial that wins is
+    repeated once before the team takes over: beside busy processes a team
+    call is now and then fast (the neighbours off the CPU for a moment), and
+    each such lucky trial cost a full team call up to 10x slower than one
+    thread (a W2 epoch beside two busy processes ran a trial and then 3
+    full team calls: 0.98 s against 0.19 s on one thread).  Trained weights are
+    bit-identical whatever the thread count, so this changes speed only.
     """
 
     FIRST, LONGEST, WEIGHT, MARGIN, SLOWDOWN, TEAM_TRIAL = 8, 128, 0.3, 0.85, 1.3, 0.125
@@ -218,6 +223,7 @@ class ThreadTuner:
         self.countdown = self.FIRST
         self.calls = 0
         self.settled = None  # rate of the current choice when last confirmed
+        self.confirming = False  # a team trial won: the next call repeats it
 
     def choose(self):
         """``(threads, share)``: the thread count for the next call and the share of a
@@ -242,6 +248,16 @@ class ThreadTuner:
         if self.calls == 1 or samples == 0:
             return
         r = seconds / samples
+        one = self.options[-1]
+        if (
+            threads == self.options[0] != self.current  # a trial of the team
+            and not self.confirming
+            and r < self.MARGIN * self.rate.get(one, 0.0)
+        ):
+            self.confirming = True  # it won: maybe by luck, so once more before switching
+            self.countdown = 1
+            return
+        self.confirming = False
         old = self.rate.get(threads)
         if old is None or threads != self.current:  # a trial: the old figure is stale
             self.rate[threads] = r
