@@ -214,7 +214,8 @@ def _lanes_sparse_axpy(typingctx, W, woff, ld, idx, val, p0, p1, src, soff, alph
 @contextlib.contextmanager
 def _row_loop(builder, start, stop, unroll):
     """``for i in range(start, stop)`` over ``intp`` values, yielding ``i``; unless
-    ``unroll``, the loop carries ``llvm.loop.unroll.disable``."""
+    ``unroll``, the loop carries ``llvm.loop.unroll.disable``.  ``cgutils.for_range``
+    builds the same loop but keeps its back-edge branch, which holds that hint, to itself."""
     intp = start.type
     pre = builder.block
     cond = builder.append_basic_block("row.cond")
@@ -323,8 +324,9 @@ def _lanes_rows(typingctx, W, woff, ld, idx, val, p0, p1, vec, voff, nv, t):
         # re-packed it in every iteration.
         iw = ir.IntType(v.dtype.bitwidth)
         lane = ir.VectorType(iw, nl)
-        tw = context.cast(builder, v.values["t"], v.types["t"], types.int64)
-        tw = builder.trunc(tw, iw) if v.dtype.bitwidth < 64 else tw
+        tw = v.intp("t")
+        if iw.width < types.intp.bitwidth:
+            tw = builder.trunc(tw, iw)
         mask = builder.icmp_signed(
             "<", ir.Constant(lane, list(range(nl))), _splat(builder, lane, tw)
         )
