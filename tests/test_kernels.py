@@ -297,20 +297,29 @@ def test_thread_count_changing_between_driver_calls_gives_the_same_weights(drive
     assert np.array_equal(results[0], results[1])
 
 
-def test_avx512_detection_follows_numba_cpu_features(monkeypatch):
-    """Kernels that are shaped by the vector registers (dense.FORWARD_BLOCK) ask whether
-    Numba targets AVX-512: NUMBA_CPU_FEATURES when set, else the host's features."""
+def test_avx_detection_follows_numba_cpu_features(monkeypatch):
+    """Kernels that are shaped by the vector registers (dense.FORWARD_BLOCK, the CSR fill)
+    ask whether Numba targets AVX-512 or AVX2: NUMBA_CPU_FEATURES when set, else the
+    host's features."""
     import llvmlite.binding as ll
     from numba.core import config
 
-    from fastnn.kernels._llvm import target_has_avx512
+    from fastnn.kernels import _llvm
 
-    detect = target_has_avx512.__wrapped__  # without the per-process cache
-    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+avx512f,+fma")
-    assert detect() is True
-    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,-avx512f,+fma")
-    assert detect() is False
-    monkeypatch.setattr(config, "CPU_FEATURES", None)
-    assert detect() is bool(ll.get_host_cpu_features().get("avx512f"))
-    monkeypatch.setattr(config, "ENABLE_AVX", False)  # NUMBA_ENABLE_AVX=0
-    assert detect() is False
+    def detect(features=None, enable_avx=True):
+        monkeypatch.setattr(config, "CPU_FEATURES", features)
+        monkeypatch.setattr(config, "ENABLE_AVX", enable_avx)
+        _llvm._target_features.cache_clear()  # the per-process cache
+        return _llvm.target_has_avx512(), _llvm.target_has_avx2()
+
+    x86 = _llvm._X86
+    try:
+        assert detect("+avx2,+avx512f,+fma") == (True, x86)
+        assert detect("+avx2,-avx512f,+fma") == (False, x86)
+        assert detect("-avx2,-avx512f") == (False, False)
+        host = ll.get_host_cpu_features()
+        assert detect() == (bool(host.get("avx512f")), x86 and bool(host.get("avx2")))
+        assert detect(enable_avx=False) == (False, False)  # NUMBA_ENABLE_AVX=0
+    finally:
+        monkeypatch.undo()
+        _llvm._target_features.cache_clear()

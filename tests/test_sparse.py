@@ -171,6 +171,70 @@ def test_csr_builder_agrees_with_scipy_for_every_input_dtype(xdtype, n_in):
                 assert np.array_equal(got[2], want.data) and got[2].dtype == vdtype
 
 
+def _pack_all_masks():
+    """_pack_nonzeros over rows whose 8 inputs hold every non-zero pattern; the counts,
+    and the columns and values in the first lanes (what fill_rows keeps)."""
+    from numba import njit
+
+    from fastnn.kernels._llvm import _pack_nonzeros, pack_table
+
+    @njit
+    def pack(X, indices, values, table):
+        counts = np.zeros(X.shape[0], np.int64)
+        for i in range(X.shape[0]):
+            counts[i] = _pack_nonzeros(X[i], 8, indices[i], values[i], 0, np.float32(255), table)
+        return counts
+
+    masks = np.arange(256)
+    X = np.zeros((256, 24), np.uint8)
+    X[:, 8:16] = (masks[:, None] >> np.arange(8) & 1) * np.arange(1, 9, dtype=np.uint8)
+    X[:, 8:16][masks == 255, 3] = 255
+    indices = np.full((256, 8), -1, np.int16)
+    values = np.full((256, 8), np.nan, np.float32)
+    counts = pack(X, indices, values, pack_table())
+    for m in masks:
+        cols = np.flatnonzero(X[m])
+        assert counts[m] == len(cols) == bin(m).count("1")
+        assert np.array_equal(indices[m, : len(cols)], cols)
+        assert np.array_equal(values[m, : len(cols)], X[m, cols].astype(np.float32) / 255)
+
+
+def test_pack_nonzeros_for_every_mask(monkeypatch):
+    """The AVX2 CSR fill's step (one lane permutation, looked up by the compare's mask) for
+    all 256 patterns of 8 inputs; where Numba targets no AVX2 the same results come from
+    the lane-by-lane permutation it compiles instead."""
+    from fastnn.kernels import _llvm
+
+    if _llvm.target_has_avx2():
+        _pack_all_masks()
+    monkeypatch.setattr(_llvm, "target_has_avx2", lambda: False)
+    _pack_all_masks()  # a new function, compiled with the lane-by-lane permutation
+
+
+def test_csr_fill_writes_only_its_rows():
+    """fill_rows stores whole packs of 8 lanes past a row's non-zeros, which the next row
+    overwrites; the last rows of a block (Python threads fill blocks at once) must not
+    write into the next block's, nor past the arrays."""
+    from fastnn.kernels.csr import fill_rows
+
+    rng = np.random.default_rng(5)
+    X = ((rng.random((40, 64)) < 0.5) * rng.random((40, 64))).astype(np.float32)
+    X[20:24] = 0
+    X[24, :3] = 1  # a block's last rows with few non-zeros
+    indptr = np.zeros(41, np.int64)
+    kernels.count_rows(X, indptr)
+    want = scipy.sparse.csr_matrix(X)
+    for r0, r1 in ((0, 40), (0, 25), (25, 40), (10, 20), (24, 25), (39, 40)):
+        indices = np.full(indptr[-1], -1, np.int16)
+        values = np.full(indptr[-1], -1, np.float32)
+        fill_rows(X, indptr, indices, values, np.float32(1), r0, r1)
+        inside = np.zeros(indptr[-1], bool)
+        inside[indptr[r0] : indptr[r1]] = True
+        assert np.array_equal(indices[inside], want.indices[inside])
+        assert np.array_equal(values[inside], want.data[inside])
+        assert (indices[~inside] == -1).all() and (values[~inside] == -1).all()
+
+
 def test_counting_pass_counts_nan_and_infinities():
     X = np.zeros((10000, 20), np.float32)
     X[7, 3], X[9000, 19], X[9001, 0] = np.nan, np.inf, -np.inf

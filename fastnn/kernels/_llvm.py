@@ -22,6 +22,7 @@ registers ask (:data:`.dense.FORWARD_BLOCK`, :data:`.csr.COMPRESS_STORES`).
 import functools
 import platform
 
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils, config
@@ -32,17 +33,24 @@ _HAS_SCHED_YIELD = platform.system() in ("Linux", "Darwin", "FreeBSD")
 
 
 @functools.cache
-def target_has_avx512():
-    """Whether Numba compiles for a CPU with AVX-512 (foundation): the features
-    ``NUMBA_CPU_FEATURES`` names when set, else the host's (less AVX when
-    ``NUMBA_ENABLE_AVX=0``), as Numba's JIT codegen chooses them."""
+def _target_features():
+    """The CPU features Numba compiles for: ``NUMBA_CPU_FEATURES`` when set, else the
+    host's (less AVX when ``NUMBA_ENABLE_AVX=0``), as Numba's JIT codegen chooses them."""
     if config.CPU_FEATURES is not None:
-        features = config.CPU_FEATURES
-    else:
-        from numba.core.codegen import get_host_cpu_features
+        return config.CPU_FEATURES.split(",")
+    from numba.core.codegen import get_host_cpu_features
 
-        features = get_host_cpu_features()
-    return "+avx512f" in features.split(",")
+    return get_host_cpu_features().split(",")
+
+
+def target_has_avx512():
+    """Whether Numba compiles for a CPU with AVX-512 (foundation)."""
+    return "+avx512f" in _target_features()
+
+
+def target_has_avx2():
+    """Whether Numba compiles for an x86 CPU with AVX2."""
+    return _X86 and "+avx2" in _target_features()
 
 
 def _item_pointer(context, builder, signature, args):
@@ -313,6 +321,49 @@ def _compress_types(row, k0, indices, values, p, divisor):
     )
 
 
+def _pointer(context, builder, aryty, ary, index, indexty):
+    """LLVM pointer to ``ary[index]`` (1-D array, no bounds check)."""
+    a = context.make_array(aryty)(context, builder, ary)
+    i = context.cast(builder, index, indexty, types.intp)
+    return cgutils.get_item_pointer(context, builder, aryty, a, [i], wraparound=False)
+
+
+def _load_nonzeros(context, builder, signature, args, n):
+    """For ``f(row, k0, indices, values, p, divisor, ...)``: ``row[k0:k0 + n]`` loaded as a
+    vector, converted to ``values.dtype`` as ``astype`` converts and divided by ``divisor``
+    unless it is 1; returns ``(values vector, non-zero mask)`` (NaN counts as non-zero)."""
+    rowt, k0t, _, valt, _, divt = signature.args[:6]
+    row_, k0_, _, _, _, div_ = args[:6]
+    src = rowt.dtype
+    vsrc = ir.VectorType(context.get_value_type(src), n)
+    vval = ir.VectorType(context.get_value_type(valt.dtype), n)
+    ptr = _pointer(context, builder, rowt, row_, k0_, k0t)
+    x = builder.load(builder.bitcast(ptr, vsrc.as_pointer()), align=1)
+    if isinstance(src, types.Float):
+        mask = builder.fcmp_unordered("!=", x, ir.Constant(vsrc, [0.0] * n))
+        if src.bitwidth < valt.dtype.bitwidth:
+            v = builder.fpext(x, vval)
+        elif src.bitwidth > valt.dtype.bitwidth:
+            v = builder.fptrunc(x, vval)
+        else:
+            v = x
+    else:
+        mask = builder.icmp_unsigned("!=", x, ir.Constant(vsrc, [0] * n))
+        v = builder.sitofp(x, vval) if src.signed else builder.uitofp(x, vval)
+    d = context.cast(builder, div_, divt, valt.dtype)
+    one = builder.fcmp_ordered("==", d, ir.Constant(d.type, 1.0))
+    return builder.select(one, v, builder.fdiv(v, _splat(builder, vval, d))), mask
+
+
+def _count_mask(builder, context, mask, n):
+    """The number of set lanes of an ``n``-lane mask, as an intp."""
+    bits = builder.bitcast(mask, ir.IntType(n))
+    popcount = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.IntType(n), [ir.IntType(n)]), "llvm.ctpop.i%d" % n
+    )
+    return builder.zext(builder.call(popcount, [bits]), context.get_value_type(types.intp))
+
+
 @intrinsic
 def _compress_nonzeros(typingctx, row, k0, indices, values, p, divisor):
     """Store the non-zeros of ``row[k0:k0 + 16]`` at ``indices[p:]`` (their columns) and
@@ -338,51 +389,98 @@ def _compress_nonzeros(typingctx, row, k0, indices, values, p, divisor):
     sig = types.intp(row, k0, indices, values, p, divisor)
 
     def codegen(context, builder, signature, args):
-        rowt, k0t, idxt, valt, pt, divt = signature.args
-        row_, k0_, idx_, val_, p_, div_ = args
+        _, k0t, idxt, valt, pt, _ = signature.args
+        _, k0_, idx_, val_, p_, _ = args
         n = COMPRESS
-        src = rowt.dtype
-        vsrc = ir.VectorType(context.get_value_type(src), n)
-        vval = ir.VectorType(context.get_value_type(valt.dtype), n)
         vidx = ir.VectorType(context.get_value_type(idxt.dtype), n)
-
-        def pointer(aryty, ary, index, indexty):
-            a = context.make_array(aryty)(context, builder, ary)
-            i = context.cast(builder, index, indexty, types.intp)
-            return cgutils.get_item_pointer(context, builder, aryty, a, [i], wraparound=False)
-
-        x = builder.load(builder.bitcast(pointer(rowt, row_, k0_, k0t), vsrc.as_pointer()), align=1)
-        if isinstance(src, types.Float):
-            mask = builder.fcmp_unordered("!=", x, ir.Constant(vsrc, [0.0] * n))
-            if src.bitwidth < valt.dtype.bitwidth:
-                v = builder.fpext(x, vval)
-            elif src.bitwidth > valt.dtype.bitwidth:
-                v = builder.fptrunc(x, vval)
-            else:
-                v = x
-        else:
-            mask = builder.icmp_unsigned("!=", x, ir.Constant(vsrc, [0] * n))
-            v = builder.sitofp(x, vval) if src.signed else builder.uitofp(x, vval)
-        d = context.cast(builder, div_, divt, valt.dtype)
-        one = builder.fcmp_ordered("==", d, ir.Constant(d.type, 1.0))
-        v = builder.select(one, v, builder.fdiv(v, _splat(builder, vval, d)))
+        v, mask = _load_nonzeros(context, builder, signature, args, n)
         k0i = context.cast(builder, k0_, k0t, idxt.dtype)
         cols = builder.add(_splat(builder, vidx, k0i), ir.Constant(vidx, list(range(n))))
         for vec, aryty, ary, suffix in (
             (v, valt, val_, "f%d" % valt.dtype.bitwidth),
             (cols, idxt, idx_, "i%d" % idxt.dtype.bitwidth),
         ):
-            ptr = pointer(aryty, ary, p_, pt)
+            ptr = _pointer(context, builder, aryty, ary, p_, pt)
             fn = cgutils.get_or_insert_function(
                 builder.module,
                 ir.FunctionType(ir.VoidType(), [vec.type, ptr.type, mask.type]),
                 "llvm.masked.compressstore.v%d%s" % (n, suffix),
             )
             builder.call(fn, [vec, ptr, mask])
-        bits = builder.bitcast(mask, ir.IntType(n))
-        popcount = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.IntType(n), [ir.IntType(n)]), "llvm.ctpop.i%d" % n
+        return _count_mask(builder, context, mask, n)
+
+    return sig, codegen
+
+
+PACK = 8  # inputs per call of :func:`_pack_nonzeros`
+
+
+def pack_table():
+    """The lane orders of :func:`_pack_nonzeros`: entry ``m`` (a ``PACK``-bit mask) holds, one
+    byte each from the lowest, the lanes whose bit is set in ascending order, then zeros."""
+    table = np.zeros((1 << PACK, PACK), np.uint8)
+    for m in range(1 << PACK):
+        lanes = [j for j in range(PACK) if m >> j & 1]
+        table[m, : len(lanes)] = lanes
+    return table.view(np.uint64).ravel()
+
+
+@intrinsic
+def _pack_nonzeros(typingctx, row, k0, indices, values, p, divisor, table):
+    """:func:`_compress_nonzeros` for ``row[k0:k0 + 8]`` into float32 ``values`` where there
+    are no compress-stores (AVX2): the non-zeros are moved to the low lanes by one lane
+    permutation (``vpermps``; its lane order from ``table``, :func:`pack_table`, indexed
+    by the compare's mask), then all 8 lanes of the values and of their columns are stored
+    from ``p``.  The lanes after the non-zeros write garbage there: the caller guarantees
+    room for 8 values from ``p`` and that what follows is written later.  Returns the
+    number of non-zeros.  Without AVX2 (code that is compiled but never run, see
+    :data:`.csr.PACK_STORES`) the permutation is done lane by lane.
+    """
+    if not (
+        _compress_types(row, k0, indices, values, p, divisor)
+        and values.dtype == types.float32
+        and isinstance(table, types.Array)
+        and table.dtype == types.uint64
+        and table.ndim == 1
+    ):
+        return None
+    sig = types.intp(row, k0, indices, values, p, divisor, table)
+
+    def codegen(context, builder, signature, args):
+        _, k0t, idxt, valt, pt, _, tabt = signature.args
+        _, k0_, idx_, val_, p_, _, tab_ = args
+        n = PACK
+        i32 = ir.IntType(32)
+        v, mask = _load_nonzeros(context, builder, signature, args, n)
+        bits = builder.zext(
+            builder.bitcast(mask, ir.IntType(n)), context.get_value_type(types.intp)
         )
-        return builder.zext(builder.call(popcount, [bits]), context.get_value_type(types.intp))
+        order = builder.load(_pointer(context, builder, tabt, tab_, bits, types.intp))
+        lanes = builder.zext(
+            builder.bitcast(order, ir.VectorType(ir.IntType(8), n)), ir.VectorType(i32, n)
+        )
+        if target_has_avx2():
+            fn = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(v.type, [v.type, lanes.type]),
+                "llvm.x86.avx2.permps",
+            )
+            packed = builder.call(fn, [v, lanes])
+        else:
+            packed = ir.Constant(v.type, ir.Undefined)
+            for j in range(n):
+                lane = builder.extract_element(lanes, i32(j))
+                packed = builder.insert_element(packed, builder.extract_element(v, lane), i32(j))
+        vidx = ir.VectorType(context.get_value_type(idxt.dtype), n)
+        k0i = context.cast(builder, k0_, k0t, types.int32)
+        cols = builder.add(_splat(builder, lanes.type, k0i), lanes)
+        if idxt.dtype.bitwidth < 32:
+            cols = builder.trunc(cols, vidx)
+        elif idxt.dtype.bitwidth > 32:
+            cols = builder.zext(cols, vidx)
+        for vec, aryty, ary in ((packed, valt, val_), (cols, idxt, idx_)):
+            ptr = _pointer(context, builder, aryty, ary, p_, pt)
+            builder.store(vec, builder.bitcast(ptr, vec.type.as_pointer()), align=1)
+        return _count_mask(builder, context, mask, n)
 
     return sig, codegen
