@@ -13,10 +13,12 @@ Each is a Numba ``@intrinsic`` that emits a few LLVM instructions:
   :func:`_fma` -- ``llvm.fma``, one rounding where the code says so, for the
   vectorised ``exp`` (:mod:`.activations`);
 * :func:`_compress_nonzeros` -- ``llvm.masked.compressstore``: the non-zeros
-  of 16 inputs into the CSR arrays (:mod:`.csr`).
+  of 16 inputs into the CSR arrays (:mod:`.csr`), and :func:`_pack_nonzeros`,
+  the same for 8 inputs with AVX2's lane permutation (``vpermps``);
 
-and :func:`target_has_avx512`, which the kernels shaped by the vector
-registers ask (:data:`.dense.FORWARD_BLOCK`, :data:`.csr.COMPRESS_STORES`).
+and :func:`target_has_avx512` and :func:`target_has_avx2`, which the kernels
+shaped by the vector registers ask (:data:`.dense.FORWARD_BLOCK`,
+:data:`.csr.COMPRESS_STORES`, :data:`.csr.PACK_STORES`).
 """
 
 import functools
