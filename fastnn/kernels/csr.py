@@ -35,6 +35,7 @@ from ._llvm import (
     PACK,
     _compress_nonzeros,
     _pack_nonzeros,
+    _prefetch,
     pack_table,
     target_has_avx2,
     target_has_avx512,
@@ -119,6 +120,18 @@ def _pack_typed(row, k0, indices, values, p, divisor):
             row, k0, indices, values, p, divisor, _PACK_TABLE
         )
     return lambda row, k0, indices, values, p, divisor: 0
+
+
+@njit(**_opts)
+def _prefetch_sparse_rows(indptr, indices, values, rows):
+    """Start loading the non-zeros of the sparse input rows ``rows`` into the cache."""
+    for r in range(rows.shape[0]):
+        p0 = indptr[rows[r]]
+        p1 = indptr[rows[r] + 1]
+        for p in range(p0, p1, max(1, 64 // indices.itemsize)):
+            _prefetch(indices, p)
+        for p in range(p0, p1, max(1, 64 // values.itemsize)):
+            _prefetch(values, p)
 
 
 def _row_blocks(n, threads):

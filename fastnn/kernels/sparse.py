@@ -25,9 +25,9 @@ from numba import njit, prange
 
 from ..layout import count_params
 from ._jit import _1, _opts
-from ._llvm import _prefetch
 from .activations import _activate
 from .buffers import _copy, line_aligned_empty, whole_lines
+from .csr import _prefetch_sparse_rows
 from .dense import MAX_CHUNKS, _later_layers, _update_sum
 from .lanes import LANES, _lanes_sparse_axpy, _lanes_sparse_dot
 from .team import _PATIENCE, _barrier, _join
@@ -39,18 +39,6 @@ SPARSE_SAMPLES_PER_CHUNK = 5  # samples per chunk of a mini-batch (fewer lose th
 def sparse_chunks(m):
     """Chunks of a mini-batch of ``m`` in :func:`train_epoch_sparse` (never the thread count)."""
     return max(1, min(MAX_CHUNKS, m // SPARSE_SAMPLES_PER_CHUNK))
-
-
-@njit(**_opts)
-def _prefetch_sparse_rows(indptr, indices, values, rows):
-    """Start loading the non-zeros of the sparse input rows ``rows`` into the cache."""
-    for r in range(rows.shape[0]):
-        p0 = indptr[rows[r]]
-        p1 = indptr[rows[r] + 1]
-        for p in range(p0, p1, max(1, 64 // indices.itemsize)):
-            _prefetch(indices, p)
-        for p in range(p0, p1, max(1, 64 // values.itemsize)):
-            _prefetch(values, p)
 
 
 @njit(**_opts)
