@@ -55,12 +55,16 @@ def target_has_avx2():
     return _X86 and "+avx2" in _target_features()
 
 
+def _pointer(context, builder, aryty, ary, index, indexty):
+    """LLVM pointer to ``ary[index]`` (1-D array, no bounds check)."""
+    a = context.make_array(aryty)(context, builder, ary)
+    i = context.cast(builder, index, indexty, types.intp)
+    return cgutils.get_item_pointer(context, builder, aryty, a, [i], wraparound=False)
+
+
 def _item_pointer(context, builder, signature, args):
     """LLVM pointer to ``arr[index]`` for an intrinsic called as ``f(arr, index, ...)``."""
-    aryty, idxty = signature.args[0], signature.args[1]
-    ary = context.make_array(aryty)(context, builder, args[0])
-    idx = context.cast(builder, args[1], idxty, types.intp)
-    return cgutils.get_item_pointer(context, builder, aryty, ary, [idx], wraparound=False)
+    return _pointer(context, builder, signature.args[0], args[0], args[1], signature.args[1])
 
 
 @intrinsic
@@ -321,13 +325,6 @@ def _compress_types(row, k0, indices, values, p, divisor):
         and all(isinstance(t, types.Integer) for t in (k0, p))
         and isinstance(divisor, types.Float)
     )
-
-
-def _pointer(context, builder, aryty, ary, index, indexty):
-    """LLVM pointer to ``ary[index]`` (1-D array, no bounds check)."""
-    a = context.make_array(aryty)(context, builder, ary)
-    i = context.cast(builder, index, indexty, types.intp)
-    return cgutils.get_item_pointer(context, builder, aryty, a, [i], wraparound=False)
 
 
 def _load_nonzeros(context, builder, signature, args, n):

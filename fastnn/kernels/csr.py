@@ -96,26 +96,31 @@ def fill_rows(X, indptr, indices, values, divisor, r0, r1):
                 p += 1
 
 
+def _packs(values):
+    """Whether :func:`fill_rows` stores into ``values`` (a Numba array type) with
+    :func:`._llvm._pack_nonzeros`: float32 values on AVX2 CPUs."""
+    return PACK_STORES and values.dtype == types.float32
+
+
 def _packed_inputs(n_in, values):
     """How many of a row's ``n_in`` inputs :func:`fill_rows` stores with
-    :func:`._llvm._pack_nonzeros`: whole packs of float32 values on AVX2 CPUs, else none."""
+    :func:`._llvm._pack_nonzeros`: whole packs where :func:`_packs`, else none."""
 
 
 @overload(_packed_inputs)
 def _packed_inputs_typed(n_in, values):
-    if PACK_STORES and values.dtype == types.float32:
+    if _packs(values):
         return lambda n_in, values: n_in // PACK * PACK
     return lambda n_in, values: 0
 
 
 def _pack(row, k0, indices, values, p, divisor):
-    """:func:`._llvm._pack_nonzeros` where :func:`_packed_inputs` allows it (never called
-    otherwise)."""
+    """:func:`._llvm._pack_nonzeros` where :func:`_packs` (never called otherwise)."""
 
 
 @overload(_pack)
 def _pack_typed(row, k0, indices, values, p, divisor):
-    if PACK_STORES and values.dtype == types.float32:
+    if _packs(values):
         return lambda row, k0, indices, values, p, divisor: _pack_nonzeros(
             row, k0, indices, values, p, divisor, _PACK_TABLE
         )
