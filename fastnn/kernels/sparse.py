@@ -25,12 +25,13 @@ from numba import njit, prange
 
 from ..layout import count_params
 from ._jit import _1, _opts
+from ._llvm import _call_native
 from .activations import _activate
 from .buffers import _copy, line_aligned_empty, whole_lines
 from .csr import _prefetch_sparse_rows
 from .dense import MAX_CHUNKS, _later_layers, _update_sum
 from .lanes import LANES, _lanes_sparse_axpy, _lanes_sparse_dot
-from .team import _PATIENCE, _barrier, _join
+from .team import _PATIENCE, _barrier, _join, member_address
 
 SPARSE_SAMPLES_PER_CHUNK = 5  # samples per chunk of a mini-batch (fewer lose the blocking)
 
@@ -62,7 +63,7 @@ def _sparse_member(
     eta,
     decay,
 ):
-    """One member's share of :func:`train_epoch_sparse` (see there)."""
+    """One member's share of :func:`train_epoch_sparse` (see there), called by address."""
     ident, A, D, P, G, Z, CS, sync = buf
     n = perm.shape[0]
     L = sizes.shape[0] - 1
@@ -165,7 +166,8 @@ def _sparse_member(
 
 
 @njit(parallel=True, **_opts)
-def train_epoch_sparse(
+def _train_epoch_sparse(
+    member,
     theta,
     sizes,
     offs,
@@ -184,6 +186,52 @@ def train_epoch_sparse(
     eta,
     decay,
 ):
+    """The parallel region of :func:`train_epoch_sparse`: ``member`` is the address of
+    :func:`_sparse_member` compiled for these arguments (:func:`.team.member_address`)."""
+    ident, A, D, P, G, Z, CS, sync = buf
+    for i in range(sync.shape[0]):
+        sync[i] = 0
+    for c in range(CS.shape[0]):
+        CS[c, 0] = 0.0
+        CS[c, 1] = 0.0
+    for _ in prange(want):
+        slot, team = _join(sync, want, _PATIENCE)
+        if slot >= 0:
+            _call_native(
+                member,
+                (
+                    slot,
+                    team,
+                    theta,
+                    sizes,
+                    offs,
+                    aoff,
+                    hid,
+                    out,
+                    cost,
+                    indptr,
+                    indices,
+                    values,
+                    y,
+                    perm,
+                    m,
+                    buf,
+                    eta,
+                    decay,
+                ),
+            )
+    total = 0.0
+    correct = 0.0
+    for c in range(CS.shape[0]):
+        total += CS[c, 0]
+        correct += CS[c, 1]
+    return total, correct
+
+
+def train_epoch_sparse(
+    theta, sizes, offs, aoff, hid, out, cost, indptr, indices, values, y, perm, m, buf, want, eta,
+    decay
+):  # fmt: skip
     """Epoch driver for sparse inputs, given as CSR (``indptr``, ``indices``, ``values``).
 
     The first layer works in lane vectors of 16 neurons over the non-zero
@@ -192,7 +240,8 @@ def train_epoch_sparse(
     rows of ``W`` of its non-zero inputs (:func:`_lanes_sparse_axpy`), with
     ``W`` transposed so that a row is one lane vector.
 
-    One parallel region per epoch, a team as in :func:`train_epoch_split`.
+    One parallel region per epoch, a team as in :func:`train_epoch_split`,
+    whose members run :func:`_sparse_member`, called by its address.
     Every member keeps a private copy of all parameters (``P[slot]``: the
     first layer transposed and padded, then ``theta[n_in*n1:]``).  Per step
     the mini-batch is cut into :func:`sparse_chunks` fixed chunks of
@@ -210,41 +259,15 @@ def train_epoch_sparse(
     ``buf`` is a :class:`SparseBuffers`.  ``indices`` must lie in
     ``[0, sizes[0])``: the lane kernels do not check them.
     """
-    ident, A, D, P, G, Z, CS, sync = buf
-    for i in range(sync.shape[0]):
-        sync[i] = 0
-    for c in range(CS.shape[0]):
-        CS[c, 0] = 0.0
-        CS[c, 1] = 0.0
-    for _ in prange(want):
-        slot, team = _join(sync, want, _PATIENCE)
-        if slot >= 0:
-            _sparse_member(
-                slot,
-                team,
-                theta,
-                sizes,
-                offs,
-                aoff,
-                hid,
-                out,
-                cost,
-                indptr,
-                indices,
-                values,
-                y,
-                perm,
-                m,
-                buf,
-                eta,
-                decay,
-            )
-    total = 0.0
-    correct = 0.0
-    for c in range(CS.shape[0]):
-        total += CS[c, 0]
-        correct += CS[c, 1]
-    return total, correct
+    member = member_address(
+        _sparse_member,
+        (theta, sizes, offs, aoff, hid, out, cost, indptr, indices, values, y, perm, m, buf, eta,
+         decay),
+    )  # fmt: skip
+    return _train_epoch_sparse(
+        member, theta, sizes, offs, aoff, hid, out, cost, indptr, indices, values, y, perm, m,
+        buf, want, eta, decay
+    )  # fmt: skip
 
 
 class SparseBuffers(NamedTuple):
