@@ -202,7 +202,7 @@ def _optim_cache_stats():
 
     X = np.random.default_rng(0).random((50, 784)).astype(np.float32)
     fastnn.MLPClassifier(hidden_layer_sizes=(8,), max_iter=1).fit(X, np.arange(50) % 10)
-    s = optim.train_epoch_optim.stats
+    s = optim._train_epoch_optim.stats
     return sum(s.cache_hits.values()), sum(s.cache_misses.values())
 
 
