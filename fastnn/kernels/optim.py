@@ -473,7 +473,8 @@ def optim_step(
     V = state[0]
     M2 = state[1]
     m = rows.shape[0]
-    nc = optim_chunks(m, G.shape[1], csc[1].shape[1])  # n_in columns listed, 0 if dense
+    # n_in columns listed, 0 if dense; int64 as member_addresses typed it
+    nc = np.int64(optim_chunks(m, G.shape[1], csc[1].shape[1]))
     if nc == 1:  # no parallel region: waking the threads would cost more than the step
         _call_native(chunk, (np.int64(0), nc, theta, sizes, offs, aoff, hid, out, X, T, w, rows,
                              ident, A, D, G, stats, csc))  # fmt: skip
@@ -496,17 +497,20 @@ def optim_step(
     if opt == ADAM:
         t = hyper[STEP]
         lr_t = hyper[LR] * np.sqrt(1.0 - hyper[BETA2] ** t) / (1.0 - hyper[BETA1] ** t)
+    # the update member's scalars, of the types member_addresses compiled it for
     nb = np.int64(blocks.shape[0])
-    n1 = sizes[1]
-    inv_s = 1.0 / s
+    n_in = np.int64(sizes[0])
+    n1 = np.int64(sizes[1])
+    inv_s = np.float64(1.0 / s)
+    lr_t = np.float64(lr_t)
     if theta.shape[0] >= PARALLEL_UPDATE_MIN:
         for q in prange(nb):
             _call_native(update, (np.int64(q), nb, theta, G, nc, V, M2, blocks, order, X, D, csc,
-                                  sizes[0], n1, opt, hyper, inv_s, lr_t, sq))  # fmt: skip
+                                  n_in, n1, opt, hyper, inv_s, lr_t, sq))  # fmt: skip
     else:  # the same blocks one after another (each block's update is independent)
         for q in range(nb):
             _call_native(update, (np.int64(q), nb, theta, G, nc, V, M2, blocks, order, X, D, csc,
-                                  sizes[0], n1, opt, hyper, inv_s, lr_t, sq))  # fmt: skip
+                                  n_in, n1, opt, hyper, inv_s, lr_t, sq))  # fmt: skip
     l2 = 0.0
     for bi in range(nb):
         l2 += sq[bi]

@@ -200,8 +200,8 @@ def _train_epoch_sparse(
             _call_native(
                 member,
                 (
-                    slot,
-                    team,
+                    np.int64(slot),
+                    np.int64(team),
                     theta,
                     sizes,
                     offs,
