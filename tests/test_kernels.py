@@ -394,6 +394,7 @@ def test_the_sparse_and_optim_drivers_call_their_members_by_address():
 
     X, y = make_data(60, 30, 5, density=0.2, dtype=np.float32)
     Network([30, 8, 5], seed=0).SGD((X, y), 1, 10, 0.5, quiet=True, _driver="sparse")
-    Network([30, 8, 5], seed=0, cost="log_loss").SGD((X, y), 1, 10, 0.01, optimizer="adam")
+    net = Network([30, 8, 5], seed=0, cost="log_loss")
+    net.SGD((X, y), 1, 10, 0.01, quiet=True, optimizer="adam")
     members = {key[0] for key in team._ADDRESSES if key is not None}
     assert {sparse._sparse_member, optim._chunk_member, optim._update_member} <= members

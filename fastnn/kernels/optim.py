@@ -544,23 +544,9 @@ def _train_epoch_optim(
     for b0 in range(0, n, m):
         b1 = min(b0 + m, n)
         loss, k = optim_step(
-            chunk,
-            update,
-            theta,
-            sizes,
-            offs,
-            aoff,
-            hid,
-            out,
-            X,
-            T,
-            w,
-            perm[b0:b1],
-            buf,
-            opt,
-            hyper,
-            state,
-        )
+            chunk, update, theta, sizes, offs, aoff, hid, out, X, T, w, perm[b0:b1], buf, opt,
+            hyper, state
+        )  # fmt: skip
         total += loss * (b1 - b0)
         correct += k
     return total, correct

@@ -197,29 +197,9 @@ def _train_epoch_sparse(
     for _ in prange(want):
         slot, team = _join(sync, want, _PATIENCE)
         if slot >= 0:
-            _call_native(
-                member,
-                (
-                    np.int64(slot),
-                    np.int64(team),
-                    theta,
-                    sizes,
-                    offs,
-                    aoff,
-                    hid,
-                    out,
-                    cost,
-                    indptr,
-                    indices,
-                    values,
-                    y,
-                    perm,
-                    m,
-                    buf,
-                    eta,
-                    decay,
-                ),
-            )
+            _call_native(member, (np.int64(slot), np.int64(team), theta, sizes, offs, aoff, hid,
+                                  out, cost, indptr, indices, values, y, perm, m, buf, eta,
+                                  decay))  # fmt: skip
     total = 0.0
     correct = 0.0
     for c in range(CS.shape[0]):

@@ -80,8 +80,8 @@ _ADDRESSES = {}  # member_address's key -> (argument types, address)
 
 
 def member_address(member, args):
-    """The address of ``member`` (an ``@njit`` function whose first two arguments are the
-    ``slot`` and team size, int64) compiled for the arguments that follow, ``args``:
+    """The address of ``member`` (an ``@njit`` function whose first two arguments are int64:
+    a slot or chunk and their count) compiled for the arguments that follow, ``args``:
     what a driver hands to :func:`._llvm._call_native`.
 
     Compiles ``member`` (or loads it from the cache) the first time.  The
