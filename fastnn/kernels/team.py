@@ -76,7 +76,7 @@ def _barrier(sync, team, k):
             _spin_pause()
 
 
-_ADDRESSES = {}  # member_address's key -> (argument types, address)
+_ADDRESSES = {}  # member_address's key -> the member's address
 
 
 def member_address(member, args):
@@ -95,16 +95,15 @@ def member_address(member, args):
         key = (member, compute_fingerprint(args), tuple(map(type, args)), _all_aligned(args))
     except (TypeError, ValueError):  # a type Numba has no fingerprint for
         key = None
-    found = _ADDRESSES.get(key) if key is not None else None
-    if found is None:
+    address = _ADDRESSES.get(key) if key is not None else None
+    if address is None:
         sig = (types.int64, types.int64) + tuple(member.typeof_pyval(a) for a in args)
         member.compile(sig)
         compiled = member.overloads[sig]
         address = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
-        found = (sig, address)
         if key is not None:
-            _ADDRESSES[key] = found
-    return found[1]
+            _ADDRESSES[key] = address
+    return address
 
 
 def _all_aligned(args):
