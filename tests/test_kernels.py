@@ -386,15 +386,40 @@ def test_an_error_in_a_member_called_by_address_reaches_the_caller():
         _serial_by_address(addr, out, -1.0, 2)
 
 
-def test_the_sparse_and_optim_drivers_call_their_members_by_address():
-    """train_epoch_sparse's parallel region calls _sparse_member through its address (the
-    region took 13 s to compile cold when it linked the member, 1.7 s after), and
-    optim_step its chunk and update members (a first fit, cold: 53 -> 36 s)."""
-    from fastnn.kernels import optim, sparse, team
+def test_every_driver_calls_its_members_by_address():
+    """The epoch drivers' parallel regions, sgd_step, gradient and the lbfgs objective call
+    their members through addresses: a region that linked its member compiled its whole
+    tree again (cold, train_epoch_sparse's region 13 s -> 1.7 s, a first MLPClassifier fit
+    53 -> 36 s, the split driver's region 11 s)."""
+    from fastnn.kernels import dense, hybrid, optim, sparse, split, team
 
+    team._ADDRESSES.clear()
     X, y = make_data(60, 30, 5, density=0.2, dtype=np.float32)
-    Network([30, 8, 5], seed=0).SGD((X, y), 1, 10, 0.5, quiet=True, _driver="sparse")
-    net = Network([30, 8, 5], seed=0, cost="log_loss")
-    net.SGD((X, y), 1, 10, 0.01, quiet=True, optimizer="adam")
-    members = {key[0] for key in team._ADDRESSES if key is not None}
-    assert {sparse._sparse_member, optim._chunk_member, optim._update_member} <= members
+    for driver in ("sparse", "split", "samples"):
+        Network([30, 8, 5], seed=0).SGD((X, y), 1, 10, 0.5, quiet=True, _driver=driver)
+    Network([30, 32, 5], seed=0).SGD((X, y), 1, 16, 0.5, quiet=True, _driver="hybrid")
+    n_dense = len(dense._chunk_member.signatures)
+    Network([30, 8, 5], seed=0).gradient(X, y)
+    Network([30, 8, 5], seed=0).update_mini_batch((X[:10], y[:10]), 0.5)
+    assert len(dense._chunk_member.signatures) == n_dense  # the samples driver's member
+    Xd = X + np.float32(0.5)  # dense inputs: Adam's dense path
+    for inputs in (X, Xd):
+        net = Network([30, 8, 5], seed=0, cost="log_loss")
+        net.SGD((inputs, y), 1, 10, 0.01, quiet=True, optimizer="adam")
+    members = [key[0] for key in team._ADDRESSES if key is not None]
+    assert set(members) == {
+        sparse._sparse_member,
+        split._team_member,
+        hybrid._hybrid_member,
+        dense._chunk_member,
+        optim._chunk_member,
+        optim._update_member,
+    }
+    n_optim = len(optim._chunk_member.signatures)
+    buf = optim.optim_buffers([30, 8, 5], 60, np.float32)
+    grad = np.empty(net.n_params)
+    T = np.eye(5, dtype=np.float32)[y]
+    w = np.ones(60, np.float32)
+    rows = np.arange(60, dtype=np.int64)
+    optim.objective(*net._kernel_args()[:6], Xd, T, w, rows, buf, 0.0, grad)
+    assert len(optim._chunk_member.signatures) == n_optim  # lbfgs runs Adam's dense member

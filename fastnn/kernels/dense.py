@@ -41,9 +41,10 @@ from numba import njit, prange
 
 from ..layout import layer_offsets
 from ._jit import _0, _dot_opts, _opts
-from ._llvm import target_has_avx512
+from ._llvm import _call_native, target_has_avx512
 from .activations import _activate, _any_nonfinite, _derivative, _output_deltas
 from .lanes import LANES, _lanes_rows_combine
+from .team import member_address
 
 MAX_CHUNKS = 8  # chunks of a mini-batch, at most (every driver)
 UPDATE_BLOCK = 8192  # parameters per block of the parallel update pass
@@ -418,6 +419,27 @@ def _chunk_gradient(
 
 
 @njit(**_opts)
+def _chunk_member(c, nc, theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G,
+                  stats):  # fmt: skip
+    """Chunk ``c`` of ``nc`` of the mini-batch ``X[rows]`` (:func:`_chunk_gradient`): its
+    gradient sums into ``G[c]``, its cost sum and number correct into ``stats[c]``.  The
+    parallel regions call it by address (:func:`.team.member_address`)."""
+    m = rows.shape[0]
+    s0 = c * m // nc
+    s1 = (c + 1) * m // nc
+    stats[c, 0], stats[c, 1] = _chunk_gradient(
+        theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G, c, s0, s1
+    )
+
+
+def _chunk_address(theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G, stats):
+    """The address of :func:`_chunk_member` compiled for these arguments."""
+    return member_address(
+        _chunk_member, (theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G, stats)
+    )
+
+
+@njit(**_opts)
 def _backprop_all(theta, g, sizes, offs, aoff, hid, X, rows, ident, A, D, s0, s1):
     """From the output deltas in ``D``, every layer's gradient sums into ``g``, the first
     layer's from the inputs ``X[rows]``."""
@@ -472,52 +494,18 @@ def chunk_count(m, n_params):
 
 
 @njit(parallel=True, **_opts)
-def sgd_step(
-    theta,
-    sizes,
-    offs,
-    aoff,
-    hid,
-    out,
-    cost,
-    X,
-    y,
-    rows,
-    ident,
-    A,
-    D,
-    G,
-    blocks,
-    par_update,
-    eta,
-    decay,
-    stats,
-):
-    """One exact SGD step on the mini-batch ``X[rows]``, updating ``theta`` in place.
-
-    The mini-batch is split into ``chunk_count`` chunks that run in parallel,
-    then the chunk gradients are summed in chunk order and
-    ``W <- (1 - eta*decay) W - eta/m sum grad``, ``b <- b - eta/m sum grad``.
-    Returns (sum of per-sample costs, number of correct predictions), both
-    measured before the update.
-    """
+def _sgd_step(chunk, theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G, blocks,
+              par_update, eta, decay, stats):  # fmt: skip
+    """:func:`sgd_step` with the address of its chunk member (:func:`_chunk_address`)."""
     m = rows.shape[0]
-    nc = chunk_count(m, G.shape[1])
+    nc = np.int64(chunk_count(m, G.shape[1]))
     if nc == 1:  # no parallel region for one chunk: waking the threads would only cost time
-        cs, cc = _chunk_gradient(
-            theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G, 0, 0, m
-        )
-        stats[0, 0] = cs
-        stats[0, 1] = cc
+        _call_native(chunk, (np.int64(0), nc, theta, sizes, offs, aoff, hid, out, cost, X, y, rows,
+                             ident, A, D, G, stats))  # fmt: skip
     else:
         for c in prange(nc):
-            s0 = c * m // nc
-            s1 = (c + 1) * m // nc
-            cs, cc = _chunk_gradient(
-                theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G, c, s0, s1
-            )
-            stats[c, 0] = cs
-            stats[c, 1] = cc
+            _call_native(chunk, (np.int64(c), nc, theta, sizes, offs, aoff, hid, out, cost, X, y,
+                                 rows, ident, A, D, G, stats))  # fmt: skip
     total = 0.0
     correct = 0.0
     for c in range(nc):
@@ -534,33 +522,27 @@ def sgd_step(
     return total, correct
 
 
-@njit(**_opts)
-def train_epoch(
-    theta,
-    sizes,
-    offs,
-    aoff,
-    hid,
-    out,
-    cost,
-    X,
-    y,
-    perm,
-    m,
-    buf,
-    want,
-    eta,
-    decay,
-):
-    """The ``"samples"`` driver: one epoch of SGD over ``X[perm]`` in mini-batches of ``m``.
+def sgd_step(theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G, blocks,
+             par_update, eta, decay, stats):  # fmt: skip
+    """One exact SGD step on the mini-batch ``X[rows]``, updating ``theta`` in place.
 
-    The last mini-batch may be smaller.  The loop over mini-batches runs in
-    compiled code; each step is one parallel region (:func:`sgd_step`) on
-    Numba's thread pool, so ``want`` (the team size of the other drivers) is
-    not used.  ``buf`` is a :class:`SamplesBuffers`.  Returns the sums of
-    per-sample costs and of correct predictions, each measured on its
-    mini-batch just before that mini-batch's update.
+    The mini-batch is split into ``chunk_count`` chunks that run in parallel,
+    then the chunk gradients are summed in chunk order and
+    ``W <- (1 - eta*decay) W - eta/m sum grad``, ``b <- b - eta/m sum grad``.
+    Returns (sum of per-sample costs, number of correct predictions), both
+    measured before the update.  The chunks run :func:`_chunk_member`, called
+    by its address.
     """
+    chunk = _chunk_address(theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G,
+                           stats)  # fmt: skip
+    return _sgd_step(chunk, theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G,
+                     blocks, par_update, eta, decay, stats)  # fmt: skip
+
+
+@njit(**_opts)
+def _train_epoch(chunk, theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, buf, want, eta,
+                 decay):  # fmt: skip
+    """:func:`train_epoch` with the address of its chunk member (:func:`_chunk_address`)."""
     ident, A, D, G, blocks, stats = buf
     par_update = theta.shape[0] >= PARALLEL_UPDATE_MIN
     n = perm.shape[0]
@@ -568,7 +550,8 @@ def train_epoch(
     correct = 0.0
     for b0 in range(0, n, m):
         b1 = min(b0 + m, n)
-        cs, cc = sgd_step(
+        cs, cc = _sgd_step(
+            chunk,
             theta,
             sizes,
             offs,
@@ -592,6 +575,23 @@ def train_epoch(
         total += cs
         correct += cc
     return total, correct
+
+
+def train_epoch(theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, buf, want, eta, decay):
+    """The ``"samples"`` driver: one epoch of SGD over ``X[perm]`` in mini-batches of ``m``.
+
+    The last mini-batch may be smaller.  The loop over mini-batches runs in
+    compiled code; each step is one parallel region (:func:`sgd_step`) on
+    Numba's thread pool, so ``want`` (the team size of the other drivers) is
+    not used.  ``buf`` is a :class:`SamplesBuffers`.  Returns the sums of
+    per-sample costs and of correct predictions, each measured on its
+    mini-batch just before that mini-batch's update.
+    """
+    ident, A, D, G, blocks, stats = buf
+    chunk = _chunk_address(theta, sizes, offs, aoff, hid, out, cost, X, y, perm, ident, A, D, G,
+                           stats)  # fmt: skip
+    return _train_epoch(chunk, theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, buf, want,
+                        eta, decay)  # fmt: skip
 
 
 @njit(**_opts)
@@ -646,21 +646,17 @@ def _update_sum(theta, G, nc, lo, hi, step, keep):
 
 
 @njit(parallel=True, **_opts)
-def gradient(theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G, grad):
-    """Sum over samples ``rows`` of the per-sample gradients, into ``grad``; returns cost sum."""
+def _gradient(chunk, theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G, stats,
+              grad):  # fmt: skip
+    """:func:`gradient` with the address of its chunk member (:func:`_chunk_address`)."""
     m = rows.shape[0]
-    nc = chunk_count(m, G.shape[1])
-    costs = np.zeros(nc)
+    nc = np.int64(chunk_count(m, G.shape[1]))
     for c in prange(nc):
-        s0 = c * m // nc
-        s1 = (c + 1) * m // nc
-        cs, cc = _chunk_gradient(
-            theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G, c, s0, s1
-        )
-        costs[c] = cs
+        _call_native(chunk, (np.int64(c), nc, theta, sizes, offs, aoff, hid, out, cost, X, y, rows,
+                             ident, A, D, G, stats))  # fmt: skip
     total = 0.0
     for c in range(nc):
-        total += costs[c]
+        total += stats[c, 0]
     for p in range(grad.shape[0]):
         g = G[0, p]
         G[0, p] = 0
@@ -669,6 +665,18 @@ def gradient(theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, 
             G[c, p] = 0
         grad[p] = g
     return total
+
+
+def gradient(theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G, grad):
+    """Sum over samples ``rows`` of the per-sample gradients, into ``grad``; returns cost sum.
+
+    The chunks run :func:`_chunk_member`, called by its address.
+    """
+    stats = np.empty((MAX_CHUNKS, 2))
+    chunk = _chunk_address(theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G,
+                           stats)  # fmt: skip
+    return _gradient(chunk, theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G,
+                     stats, grad)  # fmt: skip
 
 
 def update_blocks(sizes, offs):

@@ -19,10 +19,11 @@ from numba import njit, prange
 
 from ..layout import count_params
 from ._jit import _1, _opts
+from ._llvm import _call_native
 from .activations import _activate
 from .buffers import _copy, line_aligned_empty, whole_lines
 from .dense import MAX_CHUNKS, _dense_forward, _dense_grad, _later_layers, _update_sum, chunk_count
-from .team import _PATIENCE, _barrier, _join
+from .team import _PATIENCE, _barrier, _join, member_address
 
 HYBRID_BLOCK = 16  # first-layer neurons per block of a member (whole cache lines)
 
@@ -114,26 +115,37 @@ def _hybrid_member(
 
 
 @njit(parallel=True, **_opts)
+def _train_epoch_hybrid(
+    member, theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, buf, want, eta, decay
+):  # fmt: skip
+    """The parallel region of :func:`train_epoch_hybrid`: ``member`` is the address of
+    :func:`_hybrid_member` compiled for these arguments (:func:`.team.member_address`)."""
+    ident, A, D, P, G, CS, sync = buf
+    for i in range(sync.shape[0]):
+        sync[i] = 0
+    for c in range(CS.shape[0]):
+        CS[c, 0] = 0.0
+        CS[c, 1] = 0.0
+    for _ in prange(want):
+        slot, team = _join(sync, want, _PATIENCE)
+        if slot >= 0:
+            _call_native(member, (np.int64(slot), np.int64(team), theta, sizes, offs, aoff, hid,
+                                  out, cost, X, y, perm, m, buf, eta, decay))  # fmt: skip
+    total = 0.0
+    correct = 0.0
+    for c in range(CS.shape[0]):
+        total += CS[c, 0]
+        correct += CS[c, 1]
+    return total, correct
+
+
 def train_epoch_hybrid(
-    theta,
-    sizes,
-    offs,
-    aoff,
-    hid,
-    out,
-    cost,
-    X,
-    y,
-    perm,
-    m,
-    buf,
-    want,
-    eta,
-    decay,
-):
+    theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, buf, want, eta, decay
+):  # fmt: skip
     """Epoch driver for larger mini-batches: first layer by neurons, later layers by samples.
 
-    One parallel region per epoch, a team as in :func:`train_epoch_split`.
+    One parallel region per epoch, a team as in :func:`train_epoch_split`,
+    whose members run :func:`_hybrid_member`, called by its address.
     Each member owns a range of first-layer neurons (in blocks of
     ``HYBRID_BLOCK``): it computes their outputs for the whole mini-batch
     and, once the deltas are known, updates their rows in place (no gradient
@@ -145,39 +157,12 @@ def train_epoch_hybrid(
     Bit-identical for any thread count.  Returns (sum of costs, number correct).
     ``buf`` is a :class:`HybridBuffers`.
     """
-    ident, A, D, P, G, CS, sync = buf
-    for i in range(sync.shape[0]):
-        sync[i] = 0
-    for c in range(CS.shape[0]):
-        CS[c, 0] = 0.0
-        CS[c, 1] = 0.0
-    for _ in prange(want):
-        slot, team = _join(sync, want, _PATIENCE)
-        if slot >= 0:
-            _hybrid_member(
-                slot,
-                team,
-                theta,
-                sizes,
-                offs,
-                aoff,
-                hid,
-                out,
-                cost,
-                X,
-                y,
-                perm,
-                m,
-                buf,
-                eta,
-                decay,
-            )
-    total = 0.0
-    correct = 0.0
-    for c in range(CS.shape[0]):
-        total += CS[c, 0]
-        correct += CS[c, 1]
-    return total, correct
+    member = member_address(
+        _hybrid_member, (theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, buf, eta, decay)
+    )
+    return _train_epoch_hybrid(
+        member, theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, buf, want, eta, decay
+    )
 
 
 class HybridBuffers(NamedTuple):

@@ -592,17 +592,9 @@ def train_epoch_optim(theta, sizes, offs, aoff, hid, out, X, T, w, perm, m, buf,
 
 
 @njit(parallel=True, **_opts)
-def objective(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, alpha, grad):
-    """scikit-learn's full-batch loss of ``X`` (returned) and its gradient (into ``grad``).
-
-    What ``solver='lbfgs'`` minimises: the weighted mean loss plus
-    ``alpha/2 |W|^2 / sum(w)``, over ``X[rows]`` (``rows``: ``arange(len(X))``
-    for the whole set).  Rows go through in slices of the buffers'
-    batch size; each slice's chunks add into the same chunk gradients, which
-    are summed in chunk order at the end (fixed chunks: bit-identical for
-    any thread count).  ``theta`` is not changed.
-    """
-    ident, A, D, G, blocks, _, stats, sq, _ = buf
+def _objective(chunk, theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, alpha, grad):
+    """:func:`objective` with the address of :func:`_chunk_member` (:func:`member_addresses`)."""
+    ident, A, D, G, blocks, _, stats, sq, csc = buf
     n = rows.shape[0]
     m = A.shape[0]
     nc = MAX_CHUNKS
@@ -611,13 +603,10 @@ def objective(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, alpha, gra
         b1 = min(b0 + m, n)
         part = rows[b0:b1]
         mb = b1 - b0
-        k = min(nc, mb)
+        k = np.int64(min(nc, mb))
         for c in prange(k):
-            s0 = c * mb // k
-            s1 = (c + 1) * mb // k
-            stats[c, 0] = _chunk_gradient_targets(
-                theta, sizes, offs, aoff, hid, out, X, T, w, part, ident, A, D, G, c, s0, s1
-            )[0]
+            _call_native(chunk, (np.int64(c), k, theta, sizes, offs, aoff, hid, out, X, T, w, part,
+                                 ident, A, D, G, stats, csc))  # fmt: skip
         for c in range(k):
             total += stats[c, 0]
     s = 0.0
@@ -637,6 +626,25 @@ def objective(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, alpha, gra
                 g += alpha * theta[p]
             grad[p] = g / s
     return total / s + 0.5 * alpha * l2 / s
+
+
+def objective(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, alpha, grad):
+    """scikit-learn's full-batch loss of ``X`` (returned) and its gradient (into ``grad``).
+
+    What ``solver='lbfgs'`` minimises: the weighted mean loss plus
+    ``alpha/2 |W|^2 / sum(w)``, over ``X[rows]`` (``rows``: ``arange(len(X))``
+    for the whole set).  Rows go through in slices of the buffers'
+    batch size; each slice's chunks add into the same chunk gradients, which
+    are summed in chunk order at the end (fixed chunks: bit-identical for
+    any thread count).  ``theta`` is not changed.  The chunks run
+    :func:`_chunk_member` (as :func:`optim_step`'s do), called by its address.
+    """
+    ident, A, D, G, _, _, stats, _, csc = buf
+    chunk = member_address(
+        _chunk_member,
+        (theta, sizes, offs, aoff, hid, out, X, T, w, rows, ident, A, D, G, stats, csc),
+    )
+    return _objective(chunk, theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, alpha, grad)
 
 
 class OptimBuffers(NamedTuple):

@@ -23,11 +23,11 @@ from numba import njit, prange
 
 from ..layout import count_params
 from ._jit import _0, _1, _dot_opts, _opts
-from ._llvm import _prefetch
+from ._llvm import _call_native, _prefetch
 from .activations import _activate, _output_deltas
 from .buffers import _copy, line_aligned_empty, whole_lines
 from .dense import MAX_CHUNKS, _dense_backprop, _dense_forward, _dense_grad, _update_block
-from .team import _PATIENCE, _barrier, _join
+from .team import _PATIENCE, _barrier, _join, member_address
 
 
 @njit(**_opts)
@@ -377,23 +377,25 @@ def _team_member(
 
 
 @njit(parallel=True, **_opts)
+def _train_epoch_split(
+    member, theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, buf, want, eta, decay
+):  # fmt: skip
+    """The parallel region of :func:`train_epoch_split`: ``member`` is the address of
+    :func:`_team_member` compiled for these arguments (:func:`.team.member_address`)."""
+    ident, A, D, P, G, E, stats, sync = buf
+    for i in range(sync.shape[0]):
+        sync[i] = 0
+    for _ in prange(want):
+        slot, team = _join(sync, want, _PATIENCE)
+        if slot >= 0:
+            _call_native(member, (np.int64(slot), np.int64(team), theta, sizes, offs, aoff, hid,
+                                  out, cost, X, y, perm, m, buf, eta, decay))  # fmt: skip
+    return stats[0, 0], stats[0, 1]
+
+
 def train_epoch_split(
-    theta,
-    sizes,
-    offs,
-    aoff,
-    hid,
-    out,
-    cost,
-    X,
-    y,
-    perm,
-    m,
-    buf,
-    want,
-    eta,
-    decay,
-):
+    theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, buf, want, eta, decay
+):  # fmt: skip
     """:func:`train_epoch` with the first layer split by neurons instead of the batch by samples.
 
     For small mini-batches, where a parallel region per step would cost as
@@ -414,7 +416,8 @@ def train_epoch_split(
     4. waits at a barrier for the others.
 
     Members join through :func:`_join`, which closes the team if the threading
-    layer does not run all ``want`` at once.  Returns (sum of costs, number
+    layer does not run all ``want`` at once, and run :func:`_team_member`,
+    called by its address (:func:`.team.member_address`).  Returns (sum of costs, number
     correct), like :func:`train_epoch`.
 
     One barrier per step; only the first-layer outputs cross cores.  Each
@@ -422,31 +425,12 @@ def train_epoch_split(
     size, so results are bit-identical for any thread count; they differ
     from :func:`train_epoch` only in rounding.  ``buf`` is a :class:`SplitBuffers`.
     """
-    ident, A, D, P, G, E, stats, sync = buf
-    for i in range(sync.shape[0]):
-        sync[i] = 0
-    for _ in prange(want):
-        slot, team = _join(sync, want, _PATIENCE)
-        if slot >= 0:
-            _team_member(
-                slot,
-                team,
-                theta,
-                sizes,
-                offs,
-                aoff,
-                hid,
-                out,
-                cost,
-                X,
-                y,
-                perm,
-                m,
-                buf,
-                eta,
-                decay,
-            )
-    return stats[0, 0], stats[0, 1]
+    member = member_address(
+        _team_member, (theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, buf, eta, decay)
+    )
+    return _train_epoch_split(
+        member, theta, sizes, offs, aoff, hid, out, cost, X, y, perm, m, buf, want, eta, decay
+    )
 
 
 class SplitBuffers(NamedTuple):
