@@ -9,9 +9,10 @@ a team closed early, ``sync[32]`` counts barrier arrivals (each on its own
 cache line).  The team's size never changes results: every driver cuts the
 work into pieces whose layout depends only on the batch and network sizes.
 
-A driver may call its member function by address (:func:`member_address`,
-:func:`._llvm._call_native`) instead of directly, so that compiling the
-parallel region does not compile the member's call tree again.
+Every parallel region (these drivers', and the chunk regions of
+:mod:`.dense` and :mod:`.optim`) calls its member function by address
+(:func:`member_address`, :func:`._llvm._call_native`) instead of directly,
+so that compiling the region does not compile the member's call tree again.
 """
 
 import numpy as np
