@@ -307,6 +307,11 @@ def test_exp_within_one_ulp_of_numpy(dtype):
     np.testing.assert_allclose(
         sig, 1 / (1 + np.exp(-x[:16].astype(np.float64))), rtol=2 * np.finfo(dtype).eps
     )
+    for n in (16, 10, 3):  # the sigmoid from the same exp, its division in float64
+        sig, e = x[:n].copy(), -x[:n]
+        kernels._exp_inplace(sig, True)
+        kernels._exp_inplace(e)
+        assert np.array_equal(sig, (1 / (1 + e.astype(np.float64))).astype(dtype))
 
 
 def test_benchmark_notes_the_driver_the_network_chose():

@@ -12,7 +12,7 @@
   was loaded from the cache (the sigmoid derivative ``a*(1-a)``), so a
   script's first run trained to other weights than every later run.
 * ``_exact_opts`` drops ``contract``: for code that says where it fuses
-  (:func:`._llvm._fma`) and must round the same in every copy LLVM makes of
+  (:func:`._llvm.fma_ir`) and must round the same in every copy LLVM makes of
   it.  Numba links a kernel's callees into each caller as ``linkonce_odr``
   copies, which LLVM optimises in the caller's context, so whether a
   multiply and an add were fused could differ between the copy a run that

@@ -10,14 +10,14 @@ Each is a Numba ``@intrinsic`` that emits a few LLVM instructions:
 * :func:`_call_native` -- a call of a compiled team member by its address;
 * :func:`_flush_subnormals` and :func:`_restore_fp` -- the x86 MXCSR's
   flush-to-zero mode around the optimiser's update (:mod:`.optim`);
-* :func:`_times_pow2` -- ``p * 2**k`` from the exponent bits, and
-  :func:`_fma` -- ``llvm.fma``, one rounding where the code says so, for the
-  vectorised ``exp`` (:mod:`.activations`);
 * :func:`_compress_nonzeros` -- ``llvm.masked.compressstore``: the non-zeros
   of 16 inputs into the CSR arrays (:mod:`.csr`), and :func:`_pack_nonzeros`,
   the same for 8 inputs with AVX2's lane permutation (``vpermps``);
 
-and :func:`target_has_avx512` and :func:`target_has_avx2`, which the kernels
+the instruction builders :func:`fma_ir` (``llvm.fma``: one rounding where
+the code says so) and :func:`times_pow2_ir` (``p * 2**k`` from the exponent
+bits), from which :mod:`.activations` builds its ``exp``; and
+:func:`target_has_avx512` and :func:`target_has_avx2`, which the kernels
 shaped by the vector registers ask (:data:`.dense.FORWARD_BLOCK`,
 :data:`.csr.COMPRESS_STORES`, :data:`.csr.PACK_STORES`).
 """
@@ -280,54 +280,39 @@ def _restore_fp(typingctx, state):
     return sig, codegen
 
 
-@intrinsic
-def _times_pow2(typingctx, p, k):
-    """``p * 2**k`` for a float ``p`` and an integer ``k`` in the normal exponent range.
+def times_pow2_ir(builder, value, k, ftype):
+    """LLVM instructions for ``value * 2**k`` (``value`` of the Numba float type ``ftype``,
+    ``k`` an integer of its width, in the normal exponent range).
 
     ``2**k`` is built from its bits (exponent field ``k + bias``), so a loop
     of these vectorises where a call to ``ldexp`` would not.
     """
-    if not (isinstance(p, types.Float) and isinstance(k, types.Integer)):
-        return None
-    sig = p(p, k)
-
-    def codegen(context, builder, signature, args):
-        bits = p.bitwidth
-        ity = ir.IntType(bits)
-        mant, bias = (23, 127) if bits == 32 else (52, 1023)
-        ki = context.cast(builder, args[1], signature.args[1], types.int64)
-        ki = builder.trunc(ki, ity) if bits == 32 else ki
-        scale = builder.bitcast(
-            builder.shl(builder.add(ki, ity(bias)), ity(mant)), context.get_value_type(p)
-        )
-        return builder.fmul(args[0], scale)
-
-    return sig, codegen
+    bits = ftype.bitwidth
+    ity = ir.IntType(bits)
+    mant, bias = (23, 127) if bits == 32 else (52, 1023)
+    scale = builder.bitcast(
+        builder.shl(builder.add(k, ity(bias)), ity(mant)),
+        ir.FloatType() if bits == 32 else ir.DoubleType(),
+    )
+    return builder.fmul(value, scale)
 
 
-@intrinsic
-def _fma(typingctx, a, b, c):
-    """``a * b + c`` with one rounding (``llvm.fma``), for floats (in the widest of their
-    types).
+def fma_ir(builder, a, b, c):
+    """``llvm.fma``: ``a * b + c`` with one rounding, for LLVM values of one float type.
 
     A fused multiply-add that does not depend on where LLVM inlines the
     code: ``contract`` lets LLVM fuse or not as it optimises each copy of a
     function, and the copies compiled into different callers did not agree.
     """
-    if not all(isinstance(t, types.Float) for t in (a, b, c)):
-        return None
-    f = max((a, b, c), key=lambda t: t.bitwidth)
-    sig = f(a, b, c)
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(a.type, [a.type] * 3), "llvm.fma." + _float_name(a.type)
+    )
+    return builder.call(fn, [a, b, c])
 
-    def codegen(context, builder, signature, args):
-        ty = context.get_value_type(f)
-        xs = [context.cast(builder, x, t, f) for x, t in zip(args, signature.args)]
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ty, [ty] * 3), "llvm.fma.f%d" % f.bitwidth
-        )
-        return builder.call(fn, xs)
 
-    return sig, codegen
+def _float_name(ty):
+    """``f32`` or ``f64`` for an LLVM float type."""
+    return "f32" if isinstance(ty, ir.FloatType) else "f64"
 
 
 COMPRESS = 16  # inputs per call of :func:`_compress_nonzeros`
