@@ -593,7 +593,8 @@ def train_epoch_optim(theta, sizes, offs, aoff, hid, out, X, T, w, perm, m, buf,
 
 @njit(parallel=True, **_opts)
 def _objective(chunk, theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, alpha, grad):
-    """:func:`objective` with the address of :func:`_chunk_member` (:func:`member_addresses`)."""
+    """:func:`objective` with the address of :func:`_chunk_member`
+    (:func:`.team.member_address`)."""
     ident, A, D, G, blocks, _, stats, sq, csc = buf
     n = rows.shape[0]
     m = A.shape[0]
