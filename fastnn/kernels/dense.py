@@ -493,6 +493,18 @@ def chunk_count(m, n_params):
     return max(1, min(MAX_CHUNKS, m // per_chunk))
 
 
+@njit(**_opts)
+def _chunk_totals(stats, nc):
+    """Sums over the first ``nc`` chunks of ``stats[:, 0]`` (costs or losses) and of
+    ``stats[:, 1]`` (numbers correct), in chunk order."""
+    total = 0.0
+    correct = 0.0
+    for c in range(nc):
+        total += stats[c, 0]
+        correct += stats[c, 1]
+    return total, correct
+
+
 @njit(parallel=True, **_opts)
 def _sgd_step(chunk, theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident, A, D, G, blocks,
               par_update, eta, decay, stats):  # fmt: skip
@@ -506,11 +518,7 @@ def _sgd_step(chunk, theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident
         for c in prange(nc):
             _call_native(chunk, (np.int64(c), nc, theta, sizes, offs, aoff, hid, out, cost, X, y,
                                  rows, ident, A, D, G, stats))  # fmt: skip
-    total = 0.0
-    correct = 0.0
-    for c in range(nc):
-        total += stats[c, 0]
-        correct += stats[c, 1]
+    total, correct = _chunk_totals(stats, nc)
     step = eta / m
     keep = 1.0 - eta * decay
     if par_update:
@@ -654,9 +662,7 @@ def _gradient(chunk, theta, sizes, offs, aoff, hid, out, cost, X, y, rows, ident
     for c in prange(nc):
         _call_native(chunk, (np.int64(c), nc, theta, sizes, offs, aoff, hid, out, cost, X, y, rows,
                              ident, A, D, G, stats))  # fmt: skip
-    total = 0.0
-    for c in range(nc):
-        total += stats[c, 0]
+    total, _ = _chunk_totals(stats, nc)
     for p in range(grad.shape[0]):
         g = G[0, p]
         G[0, p] = 0

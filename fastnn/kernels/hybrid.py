@@ -22,7 +22,15 @@ from ._jit import _1, _opts
 from ._llvm import _call_native
 from .activations import _activate
 from .buffers import _copy, line_aligned_empty, whole_lines
-from .dense import MAX_CHUNKS, _dense_forward, _dense_grad, _later_layers, _update_sum, chunk_count
+from .dense import (
+    MAX_CHUNKS,
+    _chunk_totals,
+    _dense_forward,
+    _dense_grad,
+    _later_layers,
+    _update_sum,
+    chunk_count,
+)
 from .team import _PATIENCE, _barrier, _join, member_address
 
 HYBRID_BLOCK = 16  # first-layer neurons per block of a member (whole cache lines)
@@ -131,12 +139,7 @@ def _train_epoch_hybrid(
         if slot >= 0:
             _call_native(member, (np.int64(slot), np.int64(team), theta, sizes, offs, aoff, hid,
                                   out, cost, X, y, perm, m, buf, eta, decay))  # fmt: skip
-    total = 0.0
-    correct = 0.0
-    for c in range(CS.shape[0]):
-        total += CS[c, 0]
-        correct += CS[c, 1]
-    return total, correct
+    return _chunk_totals(CS, CS.shape[0])
 
 
 def train_epoch_hybrid(

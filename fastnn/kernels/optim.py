@@ -51,6 +51,7 @@ from .dense import (
     PARALLEL_UPDATE_MIN,
     _backprop_all,
     _backprop_later,
+    _chunk_totals,
     _forward_chunk,
     _forward_later,
     update_blocks,
@@ -482,11 +483,7 @@ def optim_step(
         for c in prange(nc):
             _call_native(chunk, (np.int64(c), nc, theta, sizes, offs, aoff, hid, out, X, T, w,
                                  rows, ident, A, D, G, stats, csc))  # fmt: skip
-    loss = 0.0
-    correct = 0.0
-    for c in range(nc):
-        loss += stats[c, 0]
-        correct += stats[c, 1]
+    loss, correct = _chunk_totals(stats, nc)
     s = 0.0
     for i in range(m):
         s += w[rows[i]]
@@ -552,15 +549,22 @@ def _train_epoch_optim(
     return total, correct
 
 
+def _chunk_address(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf):
+    """The address of :func:`_chunk_member` compiled for these arguments and the buffers
+    ``buf`` (:func:`.team.member_address`)."""
+    ident, A, D, G, blocks, order, stats, sq, csc = buf
+    return member_address(
+        _chunk_member,
+        (theta, sizes, offs, aoff, hid, out, X, T, w, rows, ident, A, D, G, stats, csc),
+    )
+
+
 def member_addresses(theta, sizes, offs, aoff, hid, out, X, T, w, buf, opt, hyper, state):
     """The addresses of :func:`_chunk_member` and :func:`_update_member` compiled for the
     arguments :func:`optim_step` gives them (:func:`.team.member_address`)."""
     ident, A, D, G, blocks, order, stats, sq, csc = buf
-    rows = ident  # any int64 row vector stands for the mini-batch's rows
-    chunk = member_address(
-        _chunk_member,
-        (theta, sizes, offs, aoff, hid, out, X, T, w, rows, ident, A, D, G, stats, csc),
-    )
+    # any int64 row vector stands for the mini-batch's rows
+    chunk = _chunk_address(theta, sizes, offs, aoff, hid, out, X, T, w, ident, buf)
     n = np.int64(1)  # the chunk count and the layer sizes (int64), inv_s and lr_t (float64)
     update = member_address(
         _update_member,
@@ -640,11 +644,7 @@ def objective(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, alpha, gra
     any thread count).  ``theta`` is not changed.  The chunks run
     :func:`_chunk_member` (as :func:`optim_step`'s do), called by its address.
     """
-    ident, A, D, G, _, _, stats, _, csc = buf
-    chunk = member_address(
-        _chunk_member,
-        (theta, sizes, offs, aoff, hid, out, X, T, w, rows, ident, A, D, G, stats, csc),
-    )
+    chunk = _chunk_address(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf)
     return _objective(chunk, theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, alpha, grad)
 
 

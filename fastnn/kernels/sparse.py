@@ -29,7 +29,7 @@ from ._llvm import _call_native
 from .activations import _activate
 from .buffers import _copy, line_aligned_empty, whole_lines
 from .csr import _prefetch_sparse_rows
-from .dense import MAX_CHUNKS, _later_layers, _update_sum
+from .dense import MAX_CHUNKS, _chunk_totals, _later_layers, _update_sum
 from .lanes import LANES, _lanes_sparse_axpy, _lanes_sparse_dot
 from .team import _PATIENCE, _barrier, _join, member_address
 
@@ -200,12 +200,7 @@ def _train_epoch_sparse(
             _call_native(member, (np.int64(slot), np.int64(team), theta, sizes, offs, aoff, hid,
                                   out, cost, indptr, indices, values, y, perm, m, buf, eta,
                                   decay))  # fmt: skip
-    total = 0.0
-    correct = 0.0
-    for c in range(CS.shape[0]):
-        total += CS[c, 0]
-        correct += CS[c, 1]
-    return total, correct
+    return _chunk_totals(CS, CS.shape[0])
 
 
 def train_epoch_sparse(
