@@ -14,7 +14,7 @@ def run_benchmark(benchmark, run, flops=None):
     """Time ``run.fn`` with pytest-benchmark and attach epoch-level figures."""
     rounds = 5 if FULL else 1
     if FULL:
-        # let the previous contender's thread pools go idle (see fastnn.bench.time_run)
+        # let the previous contender's thread pools go idle (see fastnn.bench.time_interleaved)
         time.sleep(0.5)
     benchmark.pedantic(run.fn, rounds=rounds, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(

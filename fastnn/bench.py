@@ -307,44 +307,34 @@ def inference_runs(data, single_images=1000):
 # ----------------------------------------------------------------------------- timing
 
 
-def time_run(run, rounds, budget, settle=0.0):
-    """Times of ``run.fn`` (scaled to one epoch) after a pause and one warm-up call.
-
-    Runs ``rounds`` timed calls, or fewer when one call already exceeds
-    ``budget`` seconds (at least one).  The pause of ``settle`` seconds lets
-    the thread pools of whatever ran before go idle: OpenBLAS, OpenMP and XLA
-    workers spin for a while after their last task, and a contender timed
-    while they spin on the same cores runs up to 2-3x slower (fastnn's W4
-    batch right after the reference's BLAS products: 6.2 ms against 2.3 ms).
-    """
-    if settle:
-        time.sleep(settle)
-    run.fn()
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        run.fn()
-        times.append((time.perf_counter() - t) * run.scale)
-        if sum(times) > budget:
-            break
-    return times
-
-
-def time_interleaved(runs, rounds, budget, settle=0.0):
+def time_interleaved(runs, rounds, budget, settle=0.0, pause=0.0):
     """Times of each of ``runs`` (scaled to one epoch), timed in turn within every round.
 
-    For comparisons under a load that drifts (busy neighbours, this VM's
-    speed): each round times every run once, so a slow phase hits all of
-    them alike.  One warm-up call each; stops after ``rounds`` rounds or when
-    the total exceeds ``budget`` seconds (at least one round).
+    This VM's speed drifts by up to 2x over minutes: each round times every
+    run once, so a slow phase hits all of them alike, and the medians compare
+    contenders measured over the same stretch of time.  One warm-up call
+    each; stops after ``rounds`` rounds or when the total exceeds ``budget``
+    seconds (at least one round).
+
+    ``settle`` seconds of sleep come once before the first call, ``pause``
+    seconds before every call.  Either lets the thread pools of whatever ran
+    before go idle: OpenBLAS, OpenMP and XLA workers spin for a while after
+    their last task, and a contender timed while they spin on the same cores
+    runs up to 2-3x slower (fastnn's W4 batch right after the reference's
+    BLAS products: 6.2 ms against 2.3 ms).  Contenders of different libraries
+    in one round need ``pause``.
     """
     if settle:
         time.sleep(settle)
     for run in runs:
+        if pause:
+            time.sleep(pause)
         run.fn()
     times = [[] for _ in runs]
     for _ in range(rounds):
         for run, ts in zip(runs, times):
+            if pause:
+                time.sleep(pause)
             t = time.perf_counter()
             run.fn()
             ts.append((time.perf_counter() - t) * run.scale)
@@ -388,20 +378,23 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
     peak = measure_peak(1024 if quick else 2048)
     log(f"float32 peak (BLAS matrix product): {peak:.1f} GFLOP/s")
 
-    def record(wname, cname, batch, run, flops):
-        times = time_run(run, rounds, budget, settle)
-        r = _result(wname, cname, batch, run, times, flops)
-        results.append(r)
-        log(
-            f"  {wname:<10} {cname:<11} batch {batch:<5} threads {str(r.threads):<5} "
-            f"{r.median_s:9.4f} s"
-        )
-        return r
+    def record(group):
+        """Time ``group``'s rows ``(workload, contender, batch, run, flops)`` in turn."""
+        runs = [row[3] for row in group]
+        times = time_interleaved(runs, rounds, len(runs) * budget, pause=settle)
+        for (wname, cname, batch, run, flops), ts in zip(group, times):
+            r = _result(wname, cname, batch, run, ts, flops)
+            results.append(r)
+            log(
+                f"  {wname:<10} {cname:<11} batch {batch:<5} threads {str(r.threads):<5} "
+                f"{r.median_s:9.4f} s"
+            )
 
     for wname, w in WORKLOADS.items():
         if workloads and wname not in workloads:
             continue
         flops = train_flops(w["sizes"], len(data.X), w["batch"])
+        group = []  # every contender and the thread sweep, timed in turn
         for cname, make in TRAIN_CONTENDERS.items():
             if contenders and cname not in contenders:
                 continue
@@ -411,13 +404,14 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
                 skipped.append(dict(workload=wname, contender=cname, reason=str(e)))
                 log(f"  {wname:<10} {cname:<11} skipped: {e}")
                 continue
-            record(wname, cname, w["batch"], run, flops)
+            group.append((wname, cname, w["batch"], run, flops))
         if not contenders or "fastnn-f32" in contenders:  # thread sweep
             for threads in sorted({1, cores}):
                 if threads == cores:
                     continue  # the 'all cores' run is the main one above
                 run = fastnn_contender(np.float32)(w, data, threads)
-                record(wname + "-threads", "fastnn-f32", w["batch"], run, flops)
+                group.append((wname + "-threads", "fastnn-f32", w["batch"], run, flops))
+        record(group)
 
     if (not workloads or "W1" in workloads) and (not contenders or "fastnn-f32" in contenders):
         # whole SGD calls, data preparation included: what a pipeline sees
@@ -458,6 +452,7 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
         for batch in BATCH_SWEEP:
             w = dict(w1, batch=batch)
             flops = train_flops(w["sizes"], len(data.X), batch)
+            group = []
             for cname in ("fastnn-f32", "reference"):
                 if contenders and cname not in contenders:
                     continue
@@ -466,7 +461,8 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
                     run.note = "reference at batch 1, " + run.note
                 else:
                     run = TRAIN_CONTENDERS[cname](w, data, None)
-                record("W1-batch", cname, batch, run, flops)
+                group.append(("W1-batch", cname, batch, run, flops))
+            record(group)
 
     if (not workloads or {"W5", "W6"} & set(workloads)) and (
         not contenders or {"fastnn-est", "sklearn-est"} & set(contenders)
@@ -474,7 +470,7 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
         try:
             import sklearn  # noqa: F401
 
-            results += estimator_runs(data, quick, min(rounds, 3), 4 * budget, log)
+            results += estimator_runs(data, quick, min(rounds, 3), 4 * budget, log, settle)
         except ImportError as e:
             skipped.append(dict(workload="W5", contender="sklearn-est", reason=str(e)))
 
@@ -489,16 +485,19 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
             skipped.append(dict(workload="W7", contender="search-dask", reason=str(e)))
 
     if not workloads or "W4" in workloads:
-        for (wname, cname), run in inference_runs(data, 200 if quick else 1000).items():
-            if contenders and cname not in contenders:
-                continue
-            record(
-                wname,
-                cname,
-                0,
-                run,
-                forward_flops(WORKLOADS["W1"]["sizes"], run.samples * run.scale),
-            )
+        record(
+            [
+                (
+                    wname,
+                    cname,
+                    0,
+                    run,
+                    forward_flops(WORKLOADS["W1"]["sizes"], run.samples * run.scale),
+                )
+                for (wname, cname), run in inference_runs(data, 200 if quick else 1000).items()
+                if not contenders or cname in contenders
+            ]
+        )
 
     _derive(results, peak)
     return dict(

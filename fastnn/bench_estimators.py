@@ -48,8 +48,9 @@ def _accuracy(out, data):
     return float((out["estimator"].predict(data.Xt) == data.yt).mean())
 
 
-def estimator_runs(data, quick, rounds, budget, log=print):
-    """Results (``fastnn.bench.Result``) of W5, W6 and W1-est, timed in turn."""
+def estimator_runs(data, quick, rounds, budget, log=print, pause=0.0):
+    """Results (``fastnn.bench.Result``) of W5, W6 and W1-est, timed in turn, ``pause``
+    seconds of sleep before every fit (:func:`fastnn.bench.time_interleaved`)."""
     from sklearn.neural_network import MLPClassifier as SkMLP
 
     from . import MLPClassifier, Network
@@ -64,7 +65,7 @@ def estimator_runs(data, quick, rounds, budget, log=print):
             run, acc = _fit_run(lambda cls=cls, kw=kw: cls(**kw), data, epochs)
             runs.append(run)
             accs.append(acc)
-        times = time_interleaved(runs, rounds, budget)
+        times = time_interleaved(runs, rounds, budget, pause=pause)
         sizes = [784, *params["hidden_layer_sizes"], 10]
         flops = train_flops(sizes, len(data.X), kw.get("batch_size", 200))
         for cname, run, ts, acc in zip(("fastnn-est", "sklearn-est"), runs, times, accs):
@@ -106,7 +107,7 @@ def estimator_runs(data, quick, rounds, budget, log=print):
         Run(estimator, len(data.X) * epochs, 1.0 / epochs, threads="all"),
         Run(network, len(data.X) * epochs, 1.0 / epochs, threads="all"),
     ]
-    times = time_interleaved(runs, rounds, budget)
+    times = time_interleaved(runs, rounds, budget, pause=pause)
     flops = train_flops(w["sizes"], len(data.X), w["batch"])
     for cname, run, ts in zip(("fastnn-est", "network-sgd"), runs, times):
         run.note = f"whole fit/SGD call, {epochs} epochs, float32 pixels"
