@@ -69,7 +69,8 @@ def _compile_group(name, dtype):
         inspect.input_gradient(net, X[:4], y[:4])
     elif name == "inference":
         for inputs in (X, X.astype(dtype) / 255):
-            net.predict(inputs)
+            net.predict(inputs)  # one block: serial
+            net.predict(np.concatenate([inputs, inputs]))  # blocks in parallel
             net.feedforward(inputs[0])
         net.evaluate((X, y))
     else:

@@ -82,6 +82,29 @@ def test_a_rows_outputs_do_not_depend_on_its_place_in_the_batch(dtype):
         assert np.array_equal(net.feedforward(X[k:]), out[k:])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_block_of_rows_runs_serially_with_the_bits_of_the_parallel_blocks(dtype, monkeypatch):
+    """Up to one block of rows (64) runs the block kernel in the calling thread, without
+    the parallel region (which a small first ``predict`` then never compiles); its rows
+    get the same bits as inside a batch of many blocks, and non-finite input is still
+    caught."""
+    from fastnn.kernels import inference
+
+    net = Network([50, 23, 9, 4], seed=3, dtype=dtype)
+    X = np.random.default_rng(1).random((200, 50)).astype(dtype)
+    out = net.feedforward(X)  # 200 rows: four blocks in parallel
+
+    def no_region(*args):
+        raise AssertionError("one block started the parallel region")
+
+    monkeypatch.setattr(inference, "_forward", no_region)
+    for lo, hi in ((0, 1), (3, 10), (0, 64), (136, 200)):
+        assert np.array_equal(net.feedforward(X[lo:hi]), out[lo:hi])
+    X[5, 7] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        net.predict(X[:64])
+
+
 def test_history_and_printing(capsys):
     X, y = make_data(300, 10, 3)
     net = Network([10, 6, 3], seed=0)

@@ -13,14 +13,15 @@ from fastnn.warmup import warmup
 # compiled (cache misses) or loaded (cache hits).
 _USE = """
 import json, numpy as np, fastnn
-from fastnn import kernels
-X = (np.random.default_rng(1).random((20, 784)) < 0.2).astype(np.uint8) * 255
+from fastnn.kernels import dense, inference
+X = (np.random.default_rng(1).random((200, 784)) < 0.2).astype(np.uint8) * 255
 net = fastnn.Network([784, 16, 16, 10], seed=0)
-net.predict(X); net.feedforward(X[0]); net.evaluate((X, np.arange(20) % 10))
+net.predict(X[:20]); net.predict(X); net.feedforward(X[0]); net.evaluate((X, np.arange(200) % 10))
 stats = {}
-for name in ("forward", "forward_one"):
-    s = getattr(kernels, name).stats
-    stats[name] = [sum(s.cache_hits.values()), sum(s.cache_misses.values())]
+# one block of rows, blocks in parallel, one sample
+for f in (dense._forward_chunk, inference._forward, inference.forward_one):
+    s = f.stats
+    stats[f.__name__] = [sum(s.cache_hits.values()), sum(s.cache_misses.values())]
 print(json.dumps(stats))
 """
 
