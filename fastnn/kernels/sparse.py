@@ -137,7 +137,7 @@ def _sparse_member(
         _barrier(sync, team, phase)
         # every member applies the whole update to its own copy, in the same order
         step = theta.dtype.type(eta / mb)
-        _update_sum(Pt, Gp, nc, 0, n1, step, one)
+        _update_sum(Pt, Gp, nc, np.int64(0), n1, step, one)  # not a literal: one compile
         for l in range(1, L):
             w0 = offp[l]
             bb = w0 + sizes[l] * sizes[l + 1]
