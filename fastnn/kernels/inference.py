@@ -37,7 +37,7 @@ def forward(theta, sizes, offs, aoff, hid, out, X, ident, A, block):
     One block (``len(X) <= block``) runs in this thread: the block kernel
     (:func:`.dense._forward_chunk`) is called as it is, with no parallel
     region to start (``feedforward`` of 1 to 64 rows took 0.64-0.92x its time)
-    and none to compile (2.7-3.4 s of a cold start whose first ``predict`` is
+    and none to compile (2.6-3.4 s of a cold start whose first ``predict`` is
     small).
     """
     n = len(ident)
