@@ -445,7 +445,8 @@ def _backprop_all(theta, g, sizes, offs, aoff, hid, X, rows, ident, A, D, s0, s1
     layer's from the inputs ``X[rows]``."""
     _backprop_later(theta, offs, sizes, aoff, hid, A, ident, D, g, s0, s1)
     n_in, n_out = sizes[0], sizes[1]
-    _dense_grad(g, offs[0], offs[0] + n_in * n_out, n_in, n_out, D, aoff[0], X, rows, 0, s0, s1)
+    zero = np.int64(0)  # not a literal: one compile of _dense_grad
+    _dense_grad(g, offs[0], offs[0] + n_in * n_out, n_in, n_out, D, aoff[0], X, rows, zero, s0, s1)
 
 
 @njit(**_opts)

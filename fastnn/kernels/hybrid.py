@@ -73,7 +73,10 @@ def _hybrid_member(
     offp = offs - base
     keep = theta.dtype.type(1.0 - eta * decay)
     first = perm[0 : min(m, n)]
-    _dense_forward(theta, j0 * n_in, b1off + j0, n_in, nj, X, first, 0, A, j0, 0, first.shape[0])
+    zero = np.int64(0)  # int64 arguments, never literals: one compile of each kernel
+    _dense_forward(
+        theta, j0 * n_in, b1off + j0, n_in, nj, X, first, zero, A, j0, zero, first.shape[0]
+    )
     for i in range(first.shape[0]):
         _activate(A[i, j0:j1], hid)
     phase = 1
@@ -108,11 +111,11 @@ def _hybrid_member(
         if keep != _1:
             for p in range(j0 * n_in, j1 * n_in):
                 theta[p] *= keep
-        _dense_grad(theta, j0 * n_in, b1off + j0, n_in, nj, D, j0, X, rows, 0, 0, mb)
+        _dense_grad(theta, j0 * n_in, b1off + j0, n_in, nj, D, j0, X, rows, zero, zero, mb)
         nxt = perm[b1 : min(b1 + m, n)]
         if nxt.shape[0] > 0:
             _dense_forward(
-                theta, j0 * n_in, b1off + j0, n_in, nj, X, nxt, 0, A, j0, 0, nxt.shape[0]
+                theta, j0 * n_in, b1off + j0, n_in, nj, X, nxt, zero, A, j0, zero, nxt.shape[0]
             )
             for i in range(nxt.shape[0]):
                 _activate(A[i, j0:j1], hid)

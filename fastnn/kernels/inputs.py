@@ -54,17 +54,18 @@ def input_gradient(theta, sizes, offs, aoff, hid, out, cost, X, y, layer, neuron
     n = X.shape[0]
     L = sizes.shape[0] - 1
     ident = np.arange(n)
-    bad = _forward_chunk(theta, sizes, offs, aoff, hid, out, X, ident, ident, A, 0, n)
+    zero = np.int64(0)  # not a literal: the kernels as the drivers compiled them
+    bad = _forward_chunk(theta, sizes, offs, aoff, hid, out, X, ident, ident, A, zero, n)
     total = 0.0
     if layer < 0:
-        total, _ = _output_deltas(sizes, aoff, out, cost, y, ident, A, D, 0, n)
+        total, _ = _output_deltas(sizes, aoff, out, cost, y, ident, A, D, zero, n)
         top = L - 1
     else:
         _neuron_deltas(sizes, aoff, hid, out, layer, neuron, A, D, n)
         top = layer
     for l in range(top, 0, -1):
         _dense_backprop(
-            theta, offs[l], sizes[l], sizes[l + 1], D, aoff[l], A, aoff[l - 1], hid, 0, n
+            theta, offs[l], sizes[l], sizes[l + 1], D, aoff[l], A, aoff[l - 1], hid, zero, n
         )
     n_in, n1 = sizes[0], sizes[1]
     for i in range(n):

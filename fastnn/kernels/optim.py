@@ -376,7 +376,8 @@ def _optimize_first_rows(theta, G, nc, V, M2, lo, hi, n1, D, csc, opt, hyper, in
             if cp[c, k + 1] > cp[c, k]:
                 _rows_dot(Dflat, a - k * n1, ld, cs, cv, cp[c, k], cp[c, k + 1], g, a, b - a)
             k += 1
-    _apply_optimizer(theta, g, V, M2, lo, hi, True, opt, hyper, inv_s, lr_t)
+    # is_w an int64 as _optimize_block passes it (a literal True would compile it again)
+    _apply_optimizer(theta, g, V, M2, lo, hi, np.int64(1), opt, hyper, inv_s, lr_t)
     return sq
 
 

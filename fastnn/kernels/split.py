@@ -326,13 +326,13 @@ def _team_member(
                 aoff[l - 1],
                 At,
                 aoff[l],
-                0,
+                np.int64(0),  # int64 arguments, never literals: one compile of each kernel
                 mb,
             )
             act = out if l == L - 1 else hid
             for i in range(mb):
                 _activate(At[i, aoff[l] : aoff[l] + sizes[l + 1]], act)
-        c, ok = _output_deltas(sizes, aoff, out, cost, y, rows, At, Dt, 0, mb)
+        c, ok = _output_deltas(sizes, aoff, out, cost, y, rows, At, Dt, np.int64(0), mb)
         total += c
         correct += ok
         for l in range(L - 1, 0, -1):  # down to the first layer's deltas Dt[:, 0:n1]
@@ -348,14 +348,18 @@ def _team_member(
                 At,
                 ident,
                 aoff[l - 1],
-                0,
+                np.int64(0),
                 mb,
             )
-            _dense_backprop(Pt, offp[l], n_in_l, n_out, Dt, aoff[l], At, aoff[l - 1], hid, 0, mb)
+            _dense_backprop(
+                Pt, offp[l], n_in_l, n_out, Dt, aoff[l], At, aoff[l - 1], hid, np.int64(0), mb
+            )
         step = eta / mb
         for l in range(1, L):
             w0 = offp[l]
             bb = w0 + sizes[l] * sizes[l + 1]
+            # literal 1 and 0: with is_w a literal 0, keep = 1 folds and the bias update
+            # rounds once, as it always has here (an int64 is_w changed the trained bits)
             _update_block(Pt, Gt, 1, w0, bb, 1, step, 1.0 - eta * decay)
             _update_block(Pt, Gt, 1, bb, bb + sizes[l + 1], 0, step, 1.0)
         nxt = perm[b1 : min(b1 + m, n)]
