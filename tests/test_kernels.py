@@ -423,3 +423,53 @@ def test_every_driver_calls_its_members_by_address():
     rows = np.arange(60, dtype=np.int64)
     optim.objective(*net._kernel_args()[:6], Xd, T, w, rows, buf, 0.0, grad)
     assert len(optim._chunk_member.signatures) == n_optim  # lbfgs runs Adam's dense member
+
+
+def test_no_kernel_passes_an_integer_literal_to_another_kernel():
+    """Numba types an integer constant passed inside compiled code as a literal and compiles
+    the callee once more for it: ``warmup`` compiled ``_dense_grad`` four times (2-2.6 s
+    each), ``_dense_forward`` three times.  Calls between ``@njit`` kernels pass
+    ``np.int64`` values instead, except where the literal is wanted: ``_combine_lanes``'
+    sample count (unrolled), ``_sparse_first_layer``'s ``_rows_dot`` (its ``int16``
+    indices compile their own copy anyway) and the split driver's ``_update_block``
+    flags (a literal 0 lets the bias update fuse into one rounding, as it always has).
+    A literal that reaches a call through a variable is not seen here."""
+    import ast
+    import glob
+    import os
+
+    wanted = {
+        ("_dense_backprop", "_combine_lanes"),
+        ("_sparse_first_layer", "_rows_dot"),
+        ("_team_member", "_update_block"),
+    }
+
+    def is_njit(fn):
+        for d in fn.decorator_list:
+            f = d.func if isinstance(d, ast.Call) else d
+            if getattr(f, "id", getattr(f, "attr", None)) == "njit":
+                return True
+        return False
+
+    paths = glob.glob(os.path.join(os.path.dirname(kernels.__file__), "*.py"))
+    trees = [ast.parse(open(p).read()) for p in paths]
+    funcs = [f for t in trees for f in ast.walk(t) if isinstance(f, ast.FunctionDef)]
+    jitted = {f.name for f in funcs if is_njit(f)}
+    assert {"_dense_grad", "_dense_forward", "_sgd_step"} <= jitted
+    found = []
+    for fn in funcs:
+        if not is_njit(fn):
+            continue
+        for call in ast.walk(fn):
+            if (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Name)
+                and call.func.id in jitted
+                and (fn.name, call.func.id) not in wanted
+                and any(
+                    isinstance(a, ast.Constant) and isinstance(a.value, (bool, int))
+                    for a in call.args
+                )
+            ):
+                found.append((fn.name, call.func.id, call.lineno))
+    assert found == []
