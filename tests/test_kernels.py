@@ -432,7 +432,7 @@ def test_no_kernel_passes_an_integer_literal_to_another_kernel():
     ``np.int64`` values instead, except where the literal is wanted: ``_combine_lanes``'
     sample count (unrolled), ``_sparse_first_layer``'s ``_rows_dot`` (its ``int16``
     indices compile their own copy anyway) and the split driver's ``_update_block``
-    flags (a literal 0 lets the bias update fuse into one rounding, as it always has).
+    flags (with int64 ones that driver trained other bits).
     A literal that reaches a call through a variable is not seen here."""
     import ast
     import glob

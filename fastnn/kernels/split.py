@@ -358,8 +358,8 @@ def _team_member(
         for l in range(1, L):
             w0 = offp[l]
             bb = w0 + sizes[l] * sizes[l + 1]
-            # literal 1 and 0: with is_w a literal 0, keep = 1 folds and the bias update
-            # rounds once, as it always has here (an int64 is_w changed the trained bits)
+            # literal flags, as always here: with int64 ones this driver trained other bits
+            # (with is_w a literal 0, keep = 1 folds out of the bias update's rounding)
             _update_block(Pt, Gt, 1, w0, bb, 1, step, 1.0 - eta * decay)
             _update_block(Pt, Gt, 1, bb, bb + sizes[l + 1], 0, step, 1.0)
         nxt = perm[b1 : min(b1 + m, n)]
