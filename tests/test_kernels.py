@@ -435,8 +435,7 @@ def test_no_kernel_passes_an_integer_literal_to_another_kernel():
     flags (with int64 ones that driver trained other bits).
     A literal that reaches a call through a variable is not seen here."""
     import ast
-    import glob
-    import os
+    from pathlib import Path
 
     wanted = {
         ("_dense_backprop", "_combine_lanes"),
@@ -451,8 +450,7 @@ def test_no_kernel_passes_an_integer_literal_to_another_kernel():
                 return True
         return False
 
-    paths = glob.glob(os.path.join(os.path.dirname(kernels.__file__), "*.py"))
-    trees = [ast.parse(open(p).read()) for p in paths]
+    trees = [ast.parse(p.read_text()) for p in Path(kernels.__file__).parent.glob("*.py")]
     funcs = [f for t in trees for f in ast.walk(t) if isinstance(f, ast.FunctionDef)]
     jitted = {f.name for f in funcs if is_njit(f)}
     assert {"_dense_grad", "_dense_forward", "_sgd_step"} <= jitted
