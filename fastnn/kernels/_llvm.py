@@ -15,7 +15,7 @@ Each is a Numba ``@intrinsic`` that emits a few LLVM instructions:
   the same for 8 inputs with AVX2's lane permutation (``vpermps``);
 
 the instruction builders :func:`fma_ir` (``llvm.fma``: one rounding where
-the code says so) and :func:`times_pow2_ir` (``p * 2**k`` from the exponent
+the code says so), :func:`floor_ir` and :func:`times_pow2_ir` (``p * 2**k`` from the exponent
 bits), from which :mod:`.activations` builds its ``exp``; and
 :func:`target_has_avx512` and :func:`target_has_avx2`, which the kernels
 shaped by the vector registers ask (:data:`.dense.FORWARD_BLOCK`,
@@ -280,20 +280,17 @@ def _restore_fp(typingctx, state):
     return sig, codegen
 
 
-def times_pow2_ir(builder, value, k, ftype):
-    """LLVM instructions for ``value * 2**k`` (``value`` of the Numba float type ``ftype``,
-    ``k`` an integer of its width, in the normal exponent range).
+def times_pow2_ir(builder, value, k):
+    """LLVM instructions for ``value * 2**k`` (``value`` an LLVM float or double, ``k`` an
+    integer of its width, in the normal exponent range).
 
     ``2**k`` is built from its bits (exponent field ``k + bias``), so a loop
     of these vectorises where a call to ``ldexp`` would not.
     """
-    bits = ftype.bitwidth
-    ity = ir.IntType(bits)
-    mant, bias = (23, 127) if bits == 32 else (52, 1023)
-    scale = builder.bitcast(
-        builder.shl(builder.add(k, ity(bias)), ity(mant)),
-        ir.FloatType() if bits == 32 else ir.DoubleType(),
-    )
+    f32 = isinstance(value.type, ir.FloatType)
+    ity = ir.IntType(32 if f32 else 64)
+    mant, bias = (23, 127) if f32 else (52, 1023)
+    scale = builder.bitcast(builder.shl(builder.add(k, ity(bias)), ity(mant)), value.type)
     return builder.fmul(value, scale)
 
 
@@ -308,6 +305,14 @@ def fma_ir(builder, a, b, c):
         builder.module, ir.FunctionType(a.type, [a.type] * 3), "llvm.fma." + _float_name(a.type)
     )
     return builder.call(fn, [a, b, c])
+
+
+def floor_ir(builder, x):
+    """``llvm.floor`` of the LLVM float value ``x``."""
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(x.type, [x.type]), "llvm.floor." + _float_name(x.type)
+    )
+    return builder.call(fn, [x])
 
 
 def _float_name(ty):

@@ -9,12 +9,11 @@ Activation codes come from :mod:`fastnn.layout`.
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..layout import CROSS_ENTROPY, EXP, IDENTITY, QUADRATIC, RELU, SIGMOID, TANH
 from ._jit import _0, _1, _dot_opts, _exact_opts, _opts
-from ._llvm import fma_ir, times_pow2_ir
+from ._llvm import floor_ir, fma_ir, times_pow2_ir
 
 # exp(r) on |r| <= ln(2)/2 as a polynomial: Taylor terms to r**7 in float32 (truncation
 # below 2e-8, under one ulp) and to r**13 in float64 (below 1e-17).
@@ -29,16 +28,16 @@ _LN2_HI64, _LN2_LO64 = 6.93147180369123816490e-01, 1.90821492927058770002e-10
 _EXP_MAX32, _EXP_MIN32 = np.float32(88.3), np.float32(-87.3)
 
 
-def _exp_ir(builder, x, ftype):
-    """LLVM instructions for exp(``x``), an LLVM value of the Numba float type ``ftype``.
+def _exp_ir(builder, x):
+    """LLVM instructions for exp(``x``), an LLVM float or double value.
 
     Clamped to the finite range, ``k = floor(x log2(e) + 1/2)``,
     ``r = x - k ln2`` with ln2 in two parts (Cody-Waite), the Taylor
     polynomial of ``exp(r)`` by Horner's rule, times ``2**k`` from its bits;
     every multiply-add one ``llvm.fma`` (see :func:`_exp_inplace`).
     """
-    f32 = ftype.bitwidth == 32
     ty = x.type
+    f32 = isinstance(ty, ir.FloatType)
     hi, lo = (_EXP_MAX32, _EXP_MIN32) if f32 else (709.0, -708.0)
     log2e = _LOG2E32 if f32 else 1.4426950408889634
     ln2_hi, ln2_lo = (_LN2_HI32, _LN2_LO32) if f32 else (_LN2_HI64, _LN2_LO64)
@@ -49,17 +48,14 @@ def _exp_ir(builder, x, ftype):
 
     x = builder.select(builder.fcmp_ordered(">", x, c(hi)), c(hi), x)
     x = builder.select(builder.fcmp_ordered("<", x, c(lo)), c(lo), x)
-    floor = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ty, [ty]), "llvm.floor." + ("f32" if f32 else "f64")
-    )
-    k = builder.call(floor, [fma_ir(builder, x, c(log2e), c(0.5))])
+    k = floor_ir(builder, fma_ir(builder, x, c(log2e), c(0.5)))
     nk = builder.fneg(k)
     r = fma_ir(builder, nk, c(ln2_lo), fma_ir(builder, nk, c(ln2_hi), x))
     p = c(coefs[-1])
     for coef in coefs[-2::-1]:
         p = fma_ir(builder, p, r, c(coef))
-    ki = builder.fptosi(k, ir.IntType(ftype.bitwidth))
-    return times_pow2_ir(builder, p, ki, ftype)
+    ki = builder.fptosi(k, ir.IntType(32 if f32 else 64))
+    return times_pow2_ir(builder, p, ki)
 
 
 @intrinsic
@@ -73,7 +69,7 @@ def _exp(typingctx, x):
         return None
 
     def codegen(context, builder, signature, args):
-        return _exp_ir(builder, args[0], x)
+        return _exp_ir(builder, args[0])
 
     return x(x), codegen
 
