@@ -300,6 +300,7 @@ def _team_member(
     keep = theta.dtype.type(1.0 - eta * decay)
     total = 0.0
     correct = 0.0
+    zero = np.int64(0)  # int64 arguments, never literals: one compile of each kernel
     _prefetch_rows(X, perm[0 : min(2 * m, n)], n_in)
     for j in range(j0, j1, 2):
         _rows_forward(theta, bias, n_in, j, min(2, j1 - j), X, perm[0 : min(m, n)], E[0], hid)
@@ -326,13 +327,13 @@ def _team_member(
                 aoff[l - 1],
                 At,
                 aoff[l],
-                np.int64(0),  # int64 arguments, never literals: one compile of each kernel
+                zero,
                 mb,
             )
             act = out if l == L - 1 else hid
             for i in range(mb):
                 _activate(At[i, aoff[l] : aoff[l] + sizes[l + 1]], act)
-        c, ok = _output_deltas(sizes, aoff, out, cost, y, rows, At, Dt, np.int64(0), mb)
+        c, ok = _output_deltas(sizes, aoff, out, cost, y, rows, At, Dt, zero, mb)
         total += c
         correct += ok
         for l in range(L - 1, 0, -1):  # down to the first layer's deltas Dt[:, 0:n1]
@@ -348,12 +349,10 @@ def _team_member(
                 At,
                 ident,
                 aoff[l - 1],
-                np.int64(0),
+                zero,
                 mb,
             )
-            _dense_backprop(
-                Pt, offp[l], n_in_l, n_out, Dt, aoff[l], At, aoff[l - 1], hid, np.int64(0), mb
-            )
+            _dense_backprop(Pt, offp[l], n_in_l, n_out, Dt, aoff[l], At, aoff[l - 1], hid, zero, mb)
         step = eta / mb
         for l in range(1, L):
             w0 = offp[l]
