@@ -38,8 +38,9 @@ def readable_name(symbol):
         return symbol
     parts, pos = [], 3
     while pos < len(symbol) and symbol[pos].isdigit():
-        n = int(_SEGMENT.match(symbol, pos).group(1))
-        pos += len(str(n))
+        digits = _SEGMENT.match(symbol, pos).group(1)
+        n = int(digits)
+        pos += len(digits)
         parts.append(_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), symbol[pos : pos + n]))
         pos += n
     if not parts:

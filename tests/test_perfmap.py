@@ -26,6 +26,7 @@ def test_readable_name_undoes_numbas_mangling():
     local = PREFIX + mangle_identifier("m.f.<locals>.impl", uid=3)
     assert readable_name(local) == "m.f.<locals>.impl[v3]"
     assert readable_name("cfunc.abc") == "cfunc.abc"
+    assert readable_name("_ZN08NumbaEnv1fB2v1") == "NumbaEnv.f[v1]"  # a length written 08
 
 
 def test_map_covers_a_compiled_kernel(tmp_path):
