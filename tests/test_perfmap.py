@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from numba.core.itanium_mangler import PREFIX, mangle_identifier
@@ -14,7 +15,7 @@ from fastnn.perfmap import readable_name, write_perf_map
 def _map(path):
     """The map's lines as ``(start, size, name)``."""
     rows = []
-    for line in open(path).read().splitlines():
+    for line in Path(path).read_text().splitlines():
         start, size, name = line.split(" ", 2)
         rows.append((int(start, 16), int(size, 16), name))
     return rows
