@@ -215,6 +215,20 @@ def test_restarted_workers_start_warm(client):
     assert all(h >= 1 and m == 0 for h, m in stats.values()), stats
 
 
+def _imported(names):
+    import sys
+
+    return [n for n in names if n in sys.modules]
+
+
+def test_warmup_imports_what_a_search_task_needs(client):
+    """A fresh worker imports scikit-learn during warm-up, not in its first search task."""
+    client.restart()
+    names = list(fastnn.dask.SEARCH_MODULES)
+    fastnn.dask.warmup(client)
+    assert all(got == names for got in client.run(_imported, names).values())
+
+
 def _plugin_seconds(dask_worker):
     return dask_worker.plugins["fastnn-warmup"].seconds
 
