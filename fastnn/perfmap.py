@@ -26,8 +26,23 @@ import re
 import sys
 
 _SEGMENT = re.compile(r"(\d+)")
-_ESCAPE = re.compile(r"_([0-9a-f]{2})")
+_ESCAPES = re.compile(r"(?:_[0-9a-f]{2})+")
 _LAST_SIZE = 1 << 16  # the size given to the highest function (no next start)
+
+
+def _unescape(match):
+    """A run of Numba's ``_xx`` escapes as the characters they stand for, when they are
+    ones it escapes (UTF-8 bytes of characters other than letters, digits and ``_``);
+    else the text as it is.  Numba leaves ``_`` unescaped, so ``_de`` in ``_dense`` is
+    text, not the byte 0xde."""
+    text = match.group(0)
+    try:
+        chars = bytes.fromhex(text.replace("_", "")).decode("utf-8")
+    except UnicodeDecodeError:
+        return text
+    if any(c.isascii() and (c.isalnum() or c == "_" or not c.isprintable()) for c in chars):
+        return text
+    return chars
 
 
 def readable_name(symbol):
@@ -41,7 +56,7 @@ def readable_name(symbol):
         digits = _SEGMENT.match(symbol, pos).group(1)
         n = int(digits)
         pos += len(digits)
-        parts.append(_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), symbol[pos : pos + n]))
+        parts.append(_ESCAPES.sub(_unescape, symbol[pos : pos + n]))
         pos += n
     if not parts:
         return symbol

@@ -28,6 +28,9 @@ def test_readable_name_undoes_numbas_mangling():
     assert readable_name(local) == "m.f.<locals>.impl[v3]"
     assert readable_name("cfunc.abc") == "cfunc.abc"
     assert readable_name("_ZN08NumbaEnv1fB2v1") == "NumbaEnv.f[v1]"  # a length written 08
+    # "_" is not escaped, so "_de", "_ad", "_ba", "_10" in names are text, not bytes
+    for name in ("k.dense._dense_grad", "k._add_rows", "k._backprop_all", "k.layer_10", "k.π<2>"):
+        assert readable_name(PREFIX + mangle_identifier(name, abi_tags=("v1",))) == name + "[v1]"
 
 
 def test_map_covers_a_compiled_kernel(tmp_path):
