@@ -307,7 +307,7 @@ def inference_runs(data, single_images=1000):
 # ----------------------------------------------------------------------------- timing
 
 
-def time_interleaved(runs, rounds, budget, settle=0.0, pause=0.0):
+def time_interleaved(runs, rounds, budget, settle=0.0, pause=0.0, alternate=False):
     """Times of each of ``runs`` (scaled to one epoch), timed in turn within every round.
 
     This VM's speed drifts by up to 2x over minutes: each round times every
@@ -323,6 +323,12 @@ def time_interleaved(runs, rounds, budget, settle=0.0, pause=0.0):
     runs up to 2-3x slower (fastnn's W4 batch right after the reference's
     BLAS products: 6.2 ms against 2.3 ms).  Contenders of different libraries
     in one round need ``pause``.
+
+    ``alternate``: every other round times the runs after the first in
+    reverse order, so that each of them follows the first one as often as
+    the others do (over an even number of rounds).  W7's search right after
+    the serial one ran 4-12% slower than in the next place, whichever
+    search it was (the Dask cluster's or joblib's), even after a 2 s pause.
     """
     if settle:
         time.sleep(settle)
@@ -331,8 +337,12 @@ def time_interleaved(runs, rounds, budget, settle=0.0, pause=0.0):
             time.sleep(pause)
         run.fn()
     times = [[] for _ in runs]
-    for _ in range(rounds):
-        for run, ts in zip(runs, times):
+    for r in range(rounds):
+        order = list(range(len(runs)))
+        if alternate and r % 2:
+            order[1:] = order[:0:-1]
+        for i in order:
+            run, ts = runs[i], times[i]
             if pause:
                 time.sleep(pause)
             t = time.perf_counter()
@@ -479,7 +489,7 @@ def run_suite(quick=False, data_dir=None, contenders=None, workloads=None, log=p
         try:
             from .bench_dask import search_runs
 
-            more, search = search_runs(data, min(rounds, 3), 8 * budget, log)
+            more, search = search_runs(data, min(rounds, 4), 8 * budget, log)
             results += more
         except ImportError as e:
             skipped.append(dict(workload="W7", contender="search-dask", reason=str(e)))

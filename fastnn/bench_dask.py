@@ -15,6 +15,10 @@ whole three ways, in turn within every round:
   recipe says);
 * ``loky``: joblib's own ``n_jobs=2`` (worker processes reused across rounds).
 
+Every other round times ``loky`` before ``dask`` (``alternate`` in
+:func:`fastnn.bench.time_interleaved`): whichever search came right after
+the serial one ran 4-12% slower.
+
 The cluster start, warm-up and scatter are timed apart (``cluster_start_s``,
 ``warmup_s``, ``scatter_s``), as is each task of the search (``task_s``: one fit and its
 scoring), from which the README estimates larger searches.  The warm-up call of
@@ -97,7 +101,7 @@ def search_runs(data, rounds, budget, log=print):
         # the data goes to every worker once, as a user's session would ship it once
         with joblib.parallel_backend("dask", scatter=[X, y]):
             extra["scatter_s"] = time.perf_counter() - t
-            times = time_interleaved(runs, rounds, budget)
+            times = time_interleaved(runs, rounds, budget, alternate=True)
         same = all(
             list(fits[k].cv_results_["mean_test_score"])
             == list(fits["serial"].cv_results_["mean_test_score"])

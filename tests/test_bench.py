@@ -13,6 +13,17 @@ def test_flop_counts():
     assert bench.train_flops([784, 16, 16, 10], 60000, 10) == per_sample * 60000 + 2 * 13002 * 6000
 
 
+def test_time_interleaved_alternates_who_follows_the_first_run():
+    calls = []
+    runs = [bench.Run(lambda i=i: calls.append(i), 1) for i in range(3)]
+    times = bench.time_interleaved(runs, 4, budget=1e9, alternate=True)
+    assert calls == [0, 1, 2] + [0, 1, 2, 0, 2, 1, 0, 1, 2, 0, 2, 1]  # warm-up calls, 4 rounds
+    assert [len(t) for t in times] == [4, 4, 4]
+    calls.clear()
+    bench.time_interleaved(runs, 2, budget=1e9)
+    assert calls == [0, 1, 2] * 3
+
+
 def test_quick_bench_table_json_and_regression_check(tmp_path, capsys):
     out = tmp_path / "r.json"
     args = [
