@@ -26,7 +26,13 @@ from collections import defaultdict
 from urllib.parse import urlparse
 
 import numpy as np
-from distributed import WorkerPlugin, get_client
+
+try:
+    from distributed import WorkerPlugin, get_client
+except ImportError as e:  # exercised by a subprocess test
+    raise ImportError(
+        "fastnn.dask needs Dask: pip install 'fastnn[dask]' (dask, distributed, dask-ml)"
+    ) from e
 
 from .warmup import warmup as _warmup
 

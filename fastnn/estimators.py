@@ -21,14 +21,21 @@ alone does not import it.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import ClassifierMixin, RegressorMixin
-from sklearn.metrics import accuracy_score, r2_score
-from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils import check_random_state, column_or_1d
-from sklearn.utils._param_validation import StrOptions
-from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils.multiclass import type_of_target, unique_labels
-from sklearn.utils.validation import check_is_fitted, validate_data
+
+try:
+    from sklearn.base import ClassifierMixin, RegressorMixin
+    from sklearn.metrics import accuracy_score, r2_score
+    from sklearn.preprocessing import LabelBinarizer
+    from sklearn.utils import check_random_state, column_or_1d
+    from sklearn.utils._param_validation import StrOptions
+    from sklearn.utils.class_weight import compute_class_weight
+    from sklearn.utils.multiclass import type_of_target, unique_labels
+    from sklearn.utils.validation import check_is_fitted, validate_data
+except ImportError as e:  # exercised by a subprocess test
+    raise ImportError(
+        "fastnn's estimators (MLPClassifier, MLPRegressor) need scikit-learn: "
+        "pip install 'fastnn[sklearn]' (or scikit-learn)"
+    ) from e
 
 from ._mlp import _HIDDEN, _BaseMLP, _dense
 

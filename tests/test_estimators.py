@@ -392,6 +392,21 @@ def test_import_fastnn_does_not_import_scikit_learn():
     assert out.stdout.split() == ["False", "True"]
 
 
+@pytest.mark.parametrize(
+    "missing, code, extra",
+    [
+        ("sklearn", "import fastnn; fastnn.MLPClassifier", "fastnn[sklearn]"),
+        ("distributed", "import fastnn.dask", "fastnn[dask]"),
+    ],
+)
+def test_a_missing_extra_says_how_to_install_it(missing, code, extra):
+    code = f"import sys; sys.modules[{missing!r}] = None; {code}"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("ImportError: fastnn")
+    assert f"pip install '{extra}'" in out.stderr
+
+
 def test_read_only_memmap_float32_inputs(tmp_path):
     X, y = _classification()
     path = tmp_path / "X.npy"
