@@ -31,7 +31,7 @@ try:
     from distributed import WorkerPlugin, get_client
 except ImportError as e:  # exercised by a subprocess test
     raise ImportError(
-        "fastnn.dask needs Dask: pip install 'fastnn[dask]' (dask, distributed, dask-ml)"
+        f"fastnn.dask needs Dask (dask, distributed, dask-ml): pip install 'fastnn[dask]' ({e})"
     ) from e
 
 from .warmup import warmup as _warmup

@@ -33,8 +33,8 @@ try:
     from sklearn.utils.validation import check_is_fitted, validate_data
 except ImportError as e:  # exercised by a subprocess test
     raise ImportError(
-        "fastnn's estimators (MLPClassifier, MLPRegressor) need scikit-learn: "
-        "pip install 'fastnn[sklearn]' (or scikit-learn)"
+        "fastnn's estimators (MLPClassifier, MLPRegressor) need scikit-learn >= 1.6: "
+        f"pip install 'fastnn[sklearn]' ({e})"
     ) from e
 
 from ._mlp import _HIDDEN, _BaseMLP, _dense

@@ -405,6 +405,7 @@ def test_a_missing_extra_says_how_to_install_it(missing, code, extra):
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1].startswith("ImportError: fastnn")
     assert f"pip install '{extra}'" in out.stderr
+    assert missing in out.stderr.strip().splitlines()[-1]  # the cause, in the message
 
 
 def test_read_only_memmap_float32_inputs(tmp_path):
