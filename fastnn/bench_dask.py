@@ -22,17 +22,20 @@ the serial one ran 4-12% slower.
 The cluster start, warm-up and scatter are timed apart (``cluster_start_s``,
 ``warmup_s``, ``scatter_s``), as is each task of the search (``task_s``: one fit and its
 scoring), from which the README estimates larger searches.  The warm-up call of
-each contender records how many tasks each cluster worker ran
+each contender records how many search tasks (fits) each cluster worker ran
 (``tasks_on_cluster``): none for ``serial`` and ``loky``, the 16 fits spread over
-both workers for ``dask``.
+both workers for ``dask``.  joblib may batch several fits into one Dask task
+when they are quick; a task's key says how many (``batch_of_..._3_calls-...``).
 """
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 
 SEARCH_EPOCHS = 5
+_CALLS = re.compile(r"_(\d+)_calls-")  # the number of calls in a joblib batch's task key
 GRID = {"alpha": [1e-4, 1e-2], "learning_rate_init": [1e-3, 3e-3], "batch_size": [100, 200]}
 
 
@@ -90,7 +93,9 @@ def search_runs(data, rounds, budget, log=print):
                     search(kind)
                 counts = {}
                 for task in stream.data:
-                    counts[task["worker"]] = counts.get(task["worker"], 0) + 1
+                    calls = _CALLS.search(str(task["key"]))
+                    n = int(calls.group(1)) if calls else 1
+                    counts[task["worker"]] = counts.get(task["worker"], 0) + n
                 tasks[kind] = sorted(counts.values(), reverse=True)
 
             return Run(fn, 16 * (len(X) // 2) * SEARCH_EPOCHS, 1.0, threads="all")
