@@ -92,6 +92,8 @@ def _symbols():
 def write_perf_map(path=None):
     """Write the perf map of this process's compiled functions to ``path`` (default
     ``/tmp/perf-<pid>.map``, where perf looks); returns ``(path, number of functions)``."""
+    from .persistence import write_atomic
+
     symbols = _symbols()
     starts = sorted(symbols)
     path = os.fspath(path) if path is not None else f"/tmp/perf-{os.getpid()}.map"
@@ -99,8 +101,7 @@ def write_perf_map(path=None):
     for i, start in enumerate(starts):
         size = starts[i + 1] - start if i + 1 < len(starts) else _LAST_SIZE
         lines.append(f"{start:x} {size:x} {readable_name(symbols[start])}\n")
-    with open(path, "w") as fh:
-        fh.writelines(lines)
+    write_atomic(path, lambda f: f.write("".join(lines).encode()), "the map's file path")
     return path, len(starts)
 
 
