@@ -119,8 +119,20 @@ def estimator_runs(data, quick, rounds, budget, log=print, pause=0.0):
     return results
 
 
+def _round_ratios(num, den, digits):
+    """``"; a-bx in the n rounds"``: the range of ``num``'s time over ``den``'s within each
+    round (both timed in turn, so a round's pair shares the VM's state); empty for fewer
+    than two rounds."""
+    pairs = list(zip(num.get("times") or [], den.get("times") or []))
+    if len(pairs) < 2:
+        return ""
+    ratios = [x / y for x, y in pairs]
+    return f"; {min(ratios):.{digits}f}-{max(ratios):.{digits}f}x in the {len(pairs)} rounds"
+
+
 def estimator_summary(res):
-    """Markdown lines: fastnn's fit against scikit-learn's (W5, W6) and Network.SGD (W1-est)."""
+    """Markdown lines: fastnn's fit against scikit-learn's (W5, W6) and Network.SGD (W1-est),
+    with the range of the ratio over the rounds."""
     by = {(r["workload"], r["contender"]): r for r in res}
     lines = []
     for w in ("W5", "W6"):
@@ -129,12 +141,14 @@ def estimator_summary(res):
             lines.append(
                 f"{w}: fastnn's `fit` {b['median_s'] / a['median_s']:.1f}x faster than "
                 f"scikit-learn's ({a['median_s']:.3f} against {b['median_s']:.3f} s per epoch; "
-                f"{a['note'].split('; ')[1]} against {b['note'].split('; ')[1].split(' ')[-1]})."
+                f"{a['note'].split('; ')[1]} against {b['note'].split('; ')[1].split(' ')[-1]}"
+                f"{_round_ratios(b, a, 1)})."
             )
     a, b = by.get(("W1-est", "fastnn-est")), by.get(("W1-est", "network-sgd"))
     if a and b:
         lines.append(
             f"W1 through `fastnn.MLPClassifier`: {a['median_s']:.4f} s per epoch against "
-            f"{b['median_s']:.4f} s for `Network.SGD` ({a['median_s'] / b['median_s']:.2f}x)."
+            f"{b['median_s']:.4f} s for `Network.SGD` ({a['median_s'] / b['median_s']:.2f}x"
+            f"{_round_ratios(a, b, 2)})."
         )
     return ["", *lines] if lines else []

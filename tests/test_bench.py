@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 from fastnn import bench
 from fastnn.cli import main
 
@@ -87,3 +89,31 @@ def test_markdown_is_rendered_from_a_run_and_from_its_json(tmp_path, capsys):
     assert main(["bench", "--render", str(out)]) == 0
     again = capsys.readouterr().out
     assert again.strip() == md.split("results written to")[0].strip()
+
+
+def test_estimator_summary_gives_the_ratio_of_medians_and_its_range_over_rounds():
+    from fastnn.bench_estimators import estimator_summary
+
+    def row(workload, contender, times, note="whole fit, 10 epochs; test accuracy 97.50%"):
+        return dict(
+            workload=workload,
+            contender=contender,
+            median_s=float(np.median(times)),
+            times=times,
+            note=note,
+        )
+
+    res = [
+        row("W5", "fastnn-est", [0.10, 0.20, 0.12]),
+        row("W5", "sklearn-est", [0.50, 0.60, 0.72]),
+        row("W1-est", "fastnn-est", [0.08, 0.09]),
+        row("W1-est", "network-sgd", [0.10, 0.06]),
+    ]
+    lines = estimator_summary(res)
+    # medians 0.12 and 0.60: 5.0x; the rounds 5.0x, 3.0x and 6.0x, paired by round
+    assert "W5: fastnn's `fit` 5.0x faster than scikit-learn's (0.120 against 0.600 s" in lines[1]
+    assert lines[1].endswith("; 3.0-6.0x in the 3 rounds).")
+    assert lines[2].endswith("(1.06x; 0.80-1.50x in the 2 rounds).")  # medians 0.085, 0.08
+    assert not any(line.startswith("W6") for line in lines)  # no rows, no line
+    one_round = [dict(r, times=r["times"][:1]) for r in res]
+    assert estimator_summary(one_round)[1].endswith("97.50%).")  # no range from one round
