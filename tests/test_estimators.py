@@ -421,10 +421,17 @@ def test_read_only_memmap_float32_inputs(tmp_path):
 
 
 @pytest.mark.parametrize("solver", ["adam", "sgd"])
-def test_mostly_zero_inputs_take_the_csr_path_and_fit_as_scikit_learn_does(solver, monkeypatch):
-    """MNIST-like inputs (80% zeros) train through the CSR path (first layer transposed)."""
+@pytest.mark.parametrize(
+    "n, hidden, batch",
+    [(500, (24, 8), 32), (1000, (100,), 200)],  # one part of the inputs; eight parts
+)
+def test_mostly_zero_inputs_take_the_csr_path_and_fit_as_scikit_learn_does(
+    solver, n, hidden, batch, monkeypatch
+):
+    """MNIST-like inputs (80% zeros) train through the CSR path (first layer transposed,
+    split by input columns)."""
     rng = np.random.default_rng(0)
-    X = rng.random((500, 60)) * (rng.random((500, 60)) < 0.2)
+    X = rng.random((n, 60)) * (rng.random((n, 60)) < 0.2)
     y = (X[:, :30].sum(axis=1) > X[:, 30:].sum(axis=1)).astype(int) + 2 * (X[:, 0] > 0)
     seen = []
     real = MLPClassifier._epoch
@@ -433,7 +440,9 @@ def test_mostly_zero_inputs_take_the_csr_path_and_fit_as_scikit_learn_does(solve
         "_epoch",
         lambda self, a, inputs, *k: seen.append(type(inputs)) or real(self, a, inputs, *k),
     )
-    kw = dict(hidden_layer_sizes=(24, 8), max_iter=15, random_state=0, solver=solver, batch_size=32)
+    kw = dict(
+        hidden_layer_sizes=hidden, max_iter=15, random_state=0, solver=solver, batch_size=batch
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         want = sknn.MLPClassifier(**kw).fit(X, y)

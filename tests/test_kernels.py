@@ -391,7 +391,7 @@ def test_every_driver_calls_its_members_by_address():
     their members through addresses: a region that linked its member compiled its whole
     tree again (cold, train_epoch_sparse's region 13 s -> 1.7 s, a first MLPClassifier fit
     53 -> 36 s, the split driver's region 11 s)."""
-    from fastnn.kernels import dense, hybrid, optim, sparse, split, team
+    from fastnn.kernels import columns, dense, hybrid, optim, sparse, split, team
 
     team._ADDRESSES.clear()
     X, y = make_data(60, 30, 5, density=0.2, dtype=np.float32)
@@ -414,6 +414,7 @@ def test_every_driver_calls_its_members_by_address():
         dense._chunk_member,
         optim._chunk_member,
         optim._update_member,
+        columns._columns_member,
     }
     n_optim = len(optim._chunk_member.signatures)
     buf = optim.optim_buffers([30, 8, 5], 60, np.float32)

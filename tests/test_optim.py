@@ -204,6 +204,60 @@ def test_optim_chunks_with_csr_inputs():
     assert optim.optim_chunks(20, n_params, 784) == 1  # a small step runs serially
 
 
+@pytest.mark.parametrize("m", [16, 250])  # one part; eight parts of the inputs
+@pytest.mark.parametrize("used", [60, 5])  # non-zeros in every input; in 5 (empty parts)
+@pytest.mark.parametrize("opt", [optim.SGD, optim.ADAM])
+def test_csr_inputs_train_as_dense_inputs_do(m, used, opt):
+    """The CSR path (the first layer split by input columns, ``kernels.columns``) takes the
+    dense path's steps to rounding in float64, loss included, with a mini-batch whose
+    weights are all zero (no step) and a short last one; bit-identical for any thread
+    count (a team of two runs eight parts)."""
+    import numba
+
+    from fastnn import runtime
+    from fastnn.kernels import columns, csr_rows
+
+    rng = np.random.default_rng(6)
+    n, sizes = 1010, [60, 100, 8, 4]
+    X = rng.random((n, 60)) * (rng.random((n, 60)) < 0.2)
+    X[:, used:] = 0
+    T = np.eye(4)[rng.integers(0, 4, n)]
+    perm = rng.permutation(n)
+    w = rng.uniform(0.5, 2.0, n)
+    w[perm[m : 2 * m]] = 0  # the second mini-batch counts for nothing
+    offs, n_params = layer_offsets(sizes)
+    assert optim.optim_chunks(m, n_params, 60) == (1 if m == 16 else 8)
+    theta0 = rng.normal(scale=0.3, size=n_params)
+    hyper = np.zeros(optim.N_HYPER)
+    hyper[[optim.LR, optim.ALPHA, optim.MOMENTUM, optim.NESTEROV]] = 0.01, 0.003, 0.9, 1
+    hyper[[optim.BETA1, optim.BETA2, optim.EPSILON]] = 0.9, 0.999, 1e-8
+    csr = csr_rows(X, np.float64)
+    if m == 250:
+        cuts = optim.optim_buffers(sizes, m, np.float64, csr).cols.cuts
+        assert len(cuts) == 9 and (np.diff(cuts) == 0).any() == (used == 5)
+
+    def run(inputs, threads):
+        theta, state, h = theta0.copy(), np.zeros((2, n_params)), hyper.copy()
+        buf = optim.optim_buffers(sizes, m, np.float64, inputs if inputs is csr else None)
+        args = (theta, np.array(sizes, np.int64), offs, activation_offsets(sizes))
+        args += (HIDDEN_ACTIVATIONS["relu"], SOFTMAX)
+        with runtime.num_threads(threads):
+            loss, correct = optim.run_epoch(args, inputs, T, w, perm, m, buf, opt, h, state)
+        return theta, state, loss, correct, h[optim.STEP]
+
+    want = run(X, 1)
+    assert want[4] == -(-n // m) - 1  # every step but the zero-weight one
+    runs = [run(csr, threads) for threads in sorted({1, numba.config.NUMBA_NUM_THREADS})]
+    for got in runs:
+        np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-10)
+        assert got[2] == pytest.approx(want[2], rel=1e-10)
+        assert got[3:] == want[3:]
+        assert all(np.array_equal(a, b) for a, b in zip(got[:2], runs[0][:2]))
+        assert got[2:] == runs[0][2:]
+    assert columns.column_cuts(np.zeros(0, np.int16), 60, 3).tolist() == [0, 60, 60, 60]
+
+
 def test_network_optimizer_state_carries_over_calls():
     rng = np.random.default_rng(2)
     X = (rng.random((500, 64)) < 0.2) * rng.random((500, 64))

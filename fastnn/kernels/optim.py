@@ -37,6 +37,7 @@ first ``MLPClassifier`` fit on MNIST-like inputs with an empty cache took
 
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
@@ -477,7 +478,7 @@ def optim_step(
     (:func:`._llvm._call_native`) so that the parallel regions do not
     compile their trees again.
     """
-    ident, A, D, G, blocks, order, stats, sq, csc = buf
+    ident, A, D, G, blocks, order, stats, sq, csc, _ = buf
     V = state[0]
     M2 = state[1]
     m = rows.shape[0]
@@ -559,7 +560,7 @@ def _train_epoch_optim(
 def _chunk_address(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf):
     """The address of :func:`_chunk_member` compiled for these arguments and the buffers
     ``buf`` (:func:`.team.member_address`)."""
-    ident, A, D, G, blocks, order, stats, sq, csc = buf
+    ident, A, D, G, blocks, order, stats, sq, csc, _ = buf
     return member_address(
         _chunk_member,
         (theta, sizes, offs, aoff, hid, out, X, T, w, rows, ident, A, D, G, stats, csc),
@@ -569,7 +570,7 @@ def _chunk_address(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf):
 def member_addresses(theta, sizes, offs, aoff, hid, out, X, T, w, buf, opt, hyper, state):
     """The addresses of :func:`_chunk_member` and :func:`_update_member` compiled for the
     arguments :func:`optim_step` gives them (:func:`.team.member_address`)."""
-    ident, A, D, G, blocks, order, stats, sq, csc = buf
+    ident, A, D, G, blocks, order, stats, sq, csc, _ = buf
     # any int64 row vector stands for the mini-batch's rows
     chunk = _chunk_address(theta, sizes, offs, aoff, hid, out, X, T, w, ident, buf)
     n = np.int64(1)  # the chunk count and the layer sizes (int64), inv_s and lr_t (float64)
@@ -593,6 +594,12 @@ def train_epoch_optim(theta, sizes, offs, aoff, hid, out, X, T, w, perm, m, buf,
     ``len(perm)`` is scikit-learn's ``loss_`` for the epoch, and the number
     of samples classified correctly, each on its mini-batch before the update.
     """
+    if isinstance(X, tuple):
+        from .columns import train_epoch_columns
+
+        want = numba.get_num_threads()
+        return train_epoch_columns(theta, sizes, offs, aoff, hid, out, X, T, w, perm, m, buf,
+                                   buf.cols, opt, hyper, state, want)  # fmt: skip
     chunk, update = member_addresses(
         theta, sizes, offs, aoff, hid, out, X, T, w, buf, opt, hyper, state
     )
@@ -606,7 +613,7 @@ def train_epoch_optim(theta, sizes, offs, aoff, hid, out, X, T, w, perm, m, buf,
 def _objective(chunk, theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, alpha, grad):
     """:func:`objective` with the address of :func:`_chunk_member`
     (:func:`.team.member_address`)."""
-    ident, A, D, G, blocks, _, stats, sq, csc = buf
+    ident, A, D, G, blocks, _, stats, sq, csc, _ = buf
     n = rows.shape[0]
     m = A.shape[0]
     nc = MAX_CHUNKS
@@ -670,6 +677,7 @@ class OptimBuffers(NamedTuple):
     # (MAX_CHUNKS, n_in + 1) and (MAX_CHUNKS, n_in) int64, (cap,) int32 and (cap,)
     # values; empty for dense inputs
     csc: tuple
+    cols: tuple  # CSR inputs: the epoch's .columns.ColumnBuffers; () for dense inputs
 
 
 def optim_buffers(sizes, m, dtype, csr=None):
@@ -693,6 +701,12 @@ def optim_buffers(sizes, m, dtype, csr=None):
         for mask in (heavy, ~heavy):
             pos[mask] = (np.arange(mask.sum()) + 0.5) / max(1, mask.sum())
         order = np.argsort(pos, kind="stable").astype(np.int64)
+    cols = ()
+    if csr is not None:
+        from .columns import column_buffers
+
+        nc = int(optim_chunks(m, n, n_in))
+        cols = column_buffers(np.asarray(sizes, np.int64), offs, m, dtype, csr, nc, cap)
     return OptimBuffers(
         np.arange(m, dtype=np.int64),
         np.empty((m, H), dtype),
@@ -708,6 +722,7 @@ def optim_buffers(sizes, m, dtype, csr=None):
             np.zeros(cap, np.int32),
             np.zeros(cap, dtype),
         ),
+        cols,
     )
 
 
