@@ -5,7 +5,7 @@ report`` shows bare addresses for it.  perf names such code from a map
 ``/tmp/perf-<pid>.map`` (a line ``start size name`` per function, hex
 numbers) that the profiled process writes; :func:`write_perf_map` writes it
 for every function Numba has compiled or loaded from its cache in this
-process, under its Python name (``fastnn.kernels.optim._rows_dot[v11]``, the
+process, under its Python name (``fastnn.kernels.columns._rows_dot[v11]``, the
 tag telling overloads apart).  Run a script under it::
 
     perf record -F 2000 -o perf.data python -m fastnn.perfmap script.py [args]
@@ -47,8 +47,8 @@ def _unescape(match):
 
 def readable_name(symbol):
     """``symbol`` (Numba's Itanium-style mangled name) as dotted Python names plus its
-    version tag: ``_ZN6fastnn7kernels5optim9_rows_dotB3v11B...`` gives
-    ``fastnn.kernels.optim._rows_dot[v11]``.  Other names are returned as they are."""
+    version tag: ``_ZN6fastnn7kernels7columns9_rows_dotB3v11B...`` gives
+    ``fastnn.kernels.columns._rows_dot[v11]``.  Other names are returned as they are."""
     if not symbol.startswith("_ZN"):
         return symbol
     parts, pos = [], 3

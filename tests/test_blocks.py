@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from fastnn.kernels._jit import _opts
+from fastnn.kernels.columns import _rows_dot
 from fastnn.kernels.dense import _dense_backprop, _dense_forward, _dense_grad
 from fastnn.kernels.lanes import LANES, _lanes_sparse_axpy, _lanes_sparse_dot
-from fastnn.kernels.optim import _rows_dot
 from fastnn.layout import SIGMOID
 
 

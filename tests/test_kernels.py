@@ -431,16 +431,14 @@ def test_no_kernel_passes_an_integer_literal_to_another_kernel():
     the callee once more for it: ``warmup`` compiled ``_dense_grad`` four times (2-2.6 s
     each), ``_dense_forward`` three times.  Calls between ``@njit`` kernels pass
     ``np.int64`` values instead, except where the literal is wanted: ``_combine_lanes``'
-    sample count (unrolled), ``_sparse_first_layer``'s ``_rows_dot`` (its ``int16``
-    indices compile their own copy anyway) and the split driver's ``_update_block``
-    flags (with int64 ones that driver trained other bits).
+    sample count (unrolled) and the split driver's ``_update_block`` flags (with int64
+    ones that driver trained other bits).
     A literal that reaches a call through a variable is not seen here."""
     import ast
     from pathlib import Path
 
     wanted = {
         ("_dense_backprop", "_combine_lanes"),
-        ("_sparse_first_layer", "_rows_dot"),
         ("_team_member", "_update_block"),
     }
 

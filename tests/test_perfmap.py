@@ -22,8 +22,8 @@ def _map(path):
 
 
 def test_readable_name_undoes_numbas_mangling():
-    mangled = PREFIX + mangle_identifier("fastnn.kernels.optim._rows_dot", abi_tags=("v11",))
-    assert readable_name(mangled) == "fastnn.kernels.optim._rows_dot[v11]"
+    mangled = PREFIX + mangle_identifier("fastnn.kernels.columns._rows_dot", abi_tags=("v11",))
+    assert readable_name(mangled) == "fastnn.kernels.columns._rows_dot[v11]"
     local = PREFIX + mangle_identifier("m.f.<locals>.impl", uid=3)
     assert readable_name(local) == "m.f.<locals>.impl[v3]"
     assert readable_name("cfunc.abc") == "cfunc.abc"

@@ -17,6 +17,7 @@ module           defines
 ``inputs``       the gradient of a neuron or of the cost with respect to the input
 ``optim``        the ``"optim"`` driver: momentum, Nesterov, Adam, sample weights,
                  target matrices (scikit-learn's estimators, step for step)
+``columns``      its epoch for CSR inputs: the first layer split by input columns
 ``team``         joining a team, its spin barrier, members' addresses
 ``split``        the ``"split"`` driver (first layer by neuron pairs)
 ``hybrid``       the ``"hybrid"`` driver (first layer by neuron blocks)

@@ -17,17 +17,17 @@ parallel region; a team (:mod:`.team`) meets at two barriers per mini-batch:
    gradients (into the chunk's ``G[c]``), as :func:`.optim.optim_step`'s chunks do;
 3. **by part again, no barrier after**: each member sums the first-layer gradient
    rows of its parts over its column lists and updates them at once with the
-   optimiser (:func:`.optim._optimize_first_rows`); the later layers' update
-   blocks are shared out too.  A member then starts the next batch's first
+   optimiser (:func:`_optimize_first_rows`); the later layers' update blocks are
+   shared out too.  A member then starts the next batch's first
    part at once: it needs only its own rows of ``W``.
 
 A part's rows of ``W`` and its optimiser state never leave the core that owns
-them; only the partial sums ``Z``, the deltas and the later layers cross.  In
-:func:`.optim.optim_step` every step moved the rows the other thread updated and
-started two parallel regions.  The arithmetic of every part and chunk is
-fixed by the batch and network sizes and by ``column_cuts``, never by the team
-size: bit-identical for any thread count.  With one part (small steps) the
-sums are those of :func:`.optim.optim_step`: ``b + sum_p x_p W[k_p]`` in order.
+them; only the partial sums ``Z``, the deltas and the later layers cross.  (Run
+step by step as :func:`.optim.optim_step` runs dense inputs, every step moved
+the rows the other thread had updated and started two parallel regions: W5
+epochs took 1.14x and W6's 1.44x the time on two threads.)  The arithmetic of
+every part and chunk is fixed by the batch and network sizes and by
+:func:`column_cuts`, never by the team size: bit-identical for any thread count.
 
 The reported loss is :func:`.optim.optim_step`'s (the weights' squares summed before
 each update, per block, in block order).  Each step's loss is totalled by
@@ -39,26 +39,78 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
+from ..layout import count_params
 from ._jit import _opts
 from ._llvm import _call_native, _flush_subnormals, _prefetch, _restore_fp
 from .activations import _activate
 from .csr import _prefetch_sparse_rows
 from .dense import UPDATE_BLOCK, _backprop_later, _forward_later, update_blocks
+from .lanes import MAX_ROW_VECTORS, _lanes_rows, row_lanes
 from .optim import (
-    ADAM,
     ALPHA,
-    BETA1,
-    BETA2,
-    LR,
-    POINTER_AHEAD,
-    ROW_AHEAD,
     STEP,
+    _apply_optimizer,
     _optimize_block,
-    _optimize_first_rows,
-    _rows_dot,
+    _step_rate,
+    _sum_squares,
     _target_deltas,
+    _weight_sum,
+    optim_chunks,
 )
 from .team import _PATIENCE, _barrier, _join, member_address
+
+ROW_AHEAD = 4  # the first layer's forward sums prefetch the input row this many samples ahead
+POINTER_AHEAD = 16  # ... and the row's pointer (indptr) this many
+
+
+@njit(**_opts)
+def _rows_dot(W, woff, ld, idx, val, p0, p1, dst, doff, n):
+    """``dst[doff + j] += sum_p val[p] * W[woff + idx[p]*ld + j]`` for ``j < n``, ``p`` in
+    ``[p0, p1)`` in order: up to ``MAX_ROW_VECTORS`` vectors at a time held in registers
+    (:func:`.lanes._lanes_rows`), the last one masked to the neurons that remain, so
+    that a row of 100 float32 neurons is one pass over the non-zeros (with AVX-512, 6 lane
+    vectors of 16 and a masked one of 4 lanes; with AVX2, 12 vectors of 8 and a masked one
+    of 4).  Wider rows take as few passes as the registers allow, of nearly equal vector
+    counts."""
+    L = row_lanes(W)
+    left = (n + L - 1) // L  # vectors still to do
+    passes = (left + MAX_ROW_VECTORS - 1) // MAX_ROW_VECTORS
+    j = 0
+    while j < n:
+        nv = (left + passes - 1) // passes
+        r = min(n - j, nv * L)  # nv vectors, the last holding r - (nv-1)*L neurons
+        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, nv, r - (nv - 1) * L)
+        j += r
+        left -= nv
+        passes -= 1
+
+
+@njit(**_opts)
+def _optimize_first_rows(theta, g, V, M2, lo, hi, n1, D, cp, cs, cv, opt, hyper, inv_s, lr_t):
+    """:func:`.optim._optimize_block` for a block ``[lo, hi)`` of the first layer's
+    transposed ``W``: each input row's gradient ``sum_i x_ik D[i, :n1]`` (over its column
+    list ``cs[cp[k]:cp[k+1]]``, batch positions in order) is summed in registers into
+    ``g[lo:hi]`` (zero until then), then the optimiser runs over the whole block; returns
+    the block's sum of squared weights before the update.
+
+    Each row's gradient is written once, next to its update, rather than added
+    per non-zero into a gradient buffer and read back; and one optimiser loop
+    runs over the block rather than one per row of ``n1`` values (W5, rows of
+    100: 0.086 -> 0.073 s an epoch; W6, rows of 256: about 0.2 s less).
+    """
+    ld = D.shape[1]
+    Dflat = D.reshape(D.size)
+    sq = _sum_squares(theta[lo:hi])
+    k = lo // n1
+    while k * n1 < hi:
+        a = max(lo, k * n1)
+        b = min(hi, (k + 1) * n1)
+        if cp[k + 1] > cp[k]:
+            _rows_dot(Dflat, a - k * n1, ld, cs, cv, cp[k], cp[k + 1], g, a, b - a)
+        k += 1
+    # is_w an int64 as _optimize_block passes it (a literal True would compile it again)
+    _apply_optimizer(theta, g, V, M2, lo, hi, np.int64(1), opt, hyper, inv_s, lr_t)
+    return sq
 
 
 @njit(**_opts)
@@ -79,7 +131,12 @@ def _part_forward(theta, n1, bias, indptr, indices, values, rows, q, nc, k0, k1,
     """Part ``q`` (inputs ``k0:k1``) of the first layer's sums of the batch ``rows``:
     ``dst[i, :n1] = (bias if q == 0 else 0) + sum_p values[p] W^T[indices[p]]`` over
     sample ``i``'s non-zeros in the part, whose positions ``[pb, pe)`` go to
-    ``bounds[i]``.  Rows are prefetched ahead as in :func:`.optim._sparse_first_layer`."""
+    ``bounds[i]``.
+
+    The non-zeros of random rows of the training set are prefetched ``ROW_AHEAD``
+    samples ahead, and a row's pointer ``indptr[r]`` (a cache miss of its own)
+    ``POINTER_AHEAD``: W5 epochs 0.94-0.98x and then 0.965-0.976x the time
+    without (docs/performance-notes.md)."""
     m = rows.shape[0]
     zero = np.int64(0)  # not a literal: one compile of _rows_dot
     for i in range(m):
@@ -108,7 +165,11 @@ def _part_forward(theta, n1, bias, indptr, indices, values, rows, q, nc, k0, k1,
 def _part_columns(indices, values, bounds, m, k0, k1, cp, fill, cs, cv):
     """The batch's non-zeros of inputs ``k0:k1`` by input: input ``k``'s batch positions
     (ascending) are ``cs[cp[k]:cp[k+1]]``, its values ``cv`` (``bounds[i]``: sample
-    ``i``'s positions in the part).  Unsigned indices, as in :func:`.optim._chunk_columns`."""
+    ``i``'s positions in the part).
+
+    The hot loops index with unsigned integers, which Numba does not check for
+    negative (wraparound) indices: a count and a scatter over W5's mini-batches
+    (one thread, an epoch of MNIST, medians of 7) 0.094-0.109 -> 0.076-0.090 s."""
     for k in range(k0, k1 + 1):
         cp[k] = 0
     one = np.uint64(1)
@@ -154,22 +215,6 @@ def _chunk_later(theta, sizes, offs, aoff, hid, out, T, w, rows, ident, A, D, Z,
         for j in range(n1):
             gb[j] += d[j]
     return total, correct
-
-
-@njit(**_opts)
-def _step_scalars(hyper, opt, t):
-    """The learning rate of step ``t`` (Adam's bias correction included)."""
-    if opt == ADAM:
-        return hyper[LR] * np.sqrt(1.0 - hyper[BETA2] ** t) / (1.0 - hyper[BETA1] ** t)
-    return hyper[LR]
-
-
-@njit(**_opts)
-def _weight_sum(w, rows):
-    s = 0.0
-    for i in range(rows.shape[0]):
-        s += w[rows[i]]
-    return s
 
 
 @njit(**_opts)
@@ -228,7 +273,7 @@ def _columns_member(slot, team, theta, sizes, offs, aoff, hid, out, indptr, indi
         s = _weight_sum(w, rows)
         if s != 0:  # else all deltas, so all gradients, are zero: no step (optim_step)
             t += 1
-            lr_t = _step_scalars(hyper, opt, t)
+            lr_t = _step_rate(hyper, opt, t)
             inv_s = 1.0 / s
             fp = _flush_subnormals()
             for bi in range(blocks.shape[0]):
@@ -236,9 +281,22 @@ def _columns_member(slot, team, theta, sizes, offs, aoff, hid, out, indptr, indi
                 if blocks[bi, 4] % team != slot:
                     continue
                 if q >= 0:
-                    csc = (cp[q : q + 1], fill[q : q + 1], cs[q], cv[q])
                     sq[par, bi] = _optimize_first_rows(
-                        theta, G, np.int64(1), V, M2, lo, hi, n1, D, csc, opt, hyper, inv_s, lr_t
+                        theta,
+                        G[0],
+                        V,
+                        M2,
+                        lo,
+                        hi,
+                        n1,
+                        D,
+                        cp[q],
+                        cs[q],
+                        cv[q],
+                        opt,
+                        hyper,
+                        inv_s,
+                        lr_t,
                     )
                 else:
                     sq[par, bi] = _optimize_block(
@@ -310,9 +368,13 @@ def column_cuts(indices, n_in, nc):
     return np.concatenate([[0], np.minimum(inner, n_in), [n_in]]).astype(np.int64)
 
 
-def column_buffers(sizes, offs, m, dtype, csr, nc, cap):
-    """:class:`ColumnBuffers` for the CSR inputs ``csr`` and ``nc`` parts."""
+def column_buffers(sizes, offs, m, dtype, csr):
+    """:class:`ColumnBuffers` for the CSR inputs ``csr`` in mini-batches of up to ``m``:
+    as many parts as :func:`.optim.optim_chunks` gives chunks."""
     n_in, n1 = int(sizes[0]), int(sizes[1])
+    nc = int(optim_chunks(m, count_params(sizes), n_in))
+    counts = np.diff(csr[0])
+    cap = int(counts.sum()) if m >= len(counts) else int(-np.partition(-counts, m)[:m].sum())
     cuts = column_cuts(csr[1], n_in, nc)
     rb = max(1, UPDATE_BLOCK // n1)  # first-layer rows per update block
     # (start, stop, is_weight, part or -1, unit): member ``unit % team`` updates the block.
@@ -342,19 +404,18 @@ def column_buffers(sizes, offs, m, dtype, csr, nc, cap):
     )
 
 
-def train_epoch_columns(theta, sizes, offs, aoff, hid, out, csr, T, w, perm, m, buf, cols, opt,
-                        hyper, state, want):  # fmt: skip
+def train_epoch_columns(theta, sizes, offs, aoff, hid, out, csr, T, w, perm, m, buf, opt, hyper,
+                        state, want):  # fmt: skip
     """:func:`.optim.train_epoch_optim` for CSR inputs ``csr``, by a team of up to ``want``
-    members (``buf``: the driver's :class:`.optim.OptimBuffers`, of which ``ident``,
-    ``A``, ``D`` and ``G``; ``cols``: :class:`ColumnBuffers`).  Returns the sum over steps
-    of (step loss x step size) and the number classified correctly."""
+    members (``buf``: the driver's :class:`.optim.OptimBuffers`, whose ``cols`` are
+    :class:`ColumnBuffers`).  Returns the sum over steps of (step loss x step size) and
+    the number classified correctly."""
     indptr, indices, values = csr
     ident, A, D, G = buf[:4]
-    c = cols
+    c = buf[-1]
     args = (theta, sizes, offs, aoff, hid, out, indptr, indices, values, T, w, perm,
-            np.int64(m), opt, hyper, state[0], state[1], ident, A, D, G, c.Z,
-            c.bounds, c.cuts, c.cp, c.fill, c.cs, c.cv, c.blocks, c.sq, c.stats, c.acc,
-            c.sync)  # fmt: skip
+            np.int64(m), opt, hyper, state[0], state[1], ident, A, D, G, c.Z, c.bounds, c.cuts,
+            c.cp, c.fill, c.cs, c.cv, c.blocks, c.sq, c.stats, c.acc, c.sync)  # fmt: skip
     member = member_address(_columns_member, args)
     want = np.int64(max(1, min(want, len(c.cuts) - 1)))
     return _train_epoch_columns(member, want, *args)

@@ -22,11 +22,9 @@ The optimiser state (velocity, or Adam's two moments) has the layout of the
 parameter vector.  Each mini-batch is cut into :func:`optim_chunks`
 fixed chunks run in parallel (as the ``"samples"`` driver does); the chunk
 gradients are summed in chunk order inside the update pass, which runs over
-fixed parameter blocks: bit-identical for any thread count.  With CSR inputs
-the first layer's ``W`` gradient is not summed per chunk: each chunk lists its
-samples' non-zeros by input (:func:`_chunk_columns`), and the update pass sums
-each input's row of the gradient over them, chunk after chunk, and applies it at
-once (:func:`_optimize_first_rows`).
+fixed parameter blocks: bit-identical for any thread count.  CSR inputs
+train through :mod:`.columns` (the first layer split by input columns, the
+whole epoch one parallel region), which shares this module's optimiser steps.
 
 The parallel regions call their bodies (:func:`_chunk_member`,
 :func:`_update_member`) by address (:func:`.team.member_address`), so that
@@ -39,25 +37,19 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
 
 from ..layout import EXP, SIGMOID, SOFTMAX, layer_offsets
 from ._jit import _dot_opts, _opts
-from ._llvm import _call_native, _flush_subnormals, _prefetch, _restore_fp
-from .activations import _activate
-from .csr import _prefetch_sparse_rows
+from ._llvm import _call_native, _flush_subnormals, _restore_fp
 from .dense import (
     MAX_CHUNKS,
     PARALLEL_UPDATE_MIN,
     _backprop_all,
-    _backprop_later,
     _chunk_totals,
     _forward_chunk,
-    _forward_later,
     update_blocks,
 )
-from .lanes import MAX_ROW_VECTORS, _lanes_rows, row_lanes
 from .team import member_address
 
 # optimisers and the hyper-parameter vector ``hyper`` (float64)
@@ -66,8 +58,6 @@ SGD, ADAM = 0, 1
 LR, ALPHA, MOMENTUM, NESTEROV, BETA1, BETA2, EPSILON, STEP, DECAY = range(9)
 N_HYPER = 9
 SERIAL_STEP = 1 << 20  # steps of fewer samples x parameters run in one chunk, serially
-ROW_AHEAD = 4  # the first layer's forward sums prefetch the input row this many samples ahead
-POINTER_AHEAD = 16  # ... and the row's pointer (indptr) this many
 
 
 @njit(**_opts)
@@ -136,118 +126,20 @@ def _chunk_gradient_targets(
 
 
 @njit(**_opts)
-def _rows_dot(W, woff, ld, idx, val, p0, p1, dst, doff, n):
-    """``dst[doff + j] += sum_p val[p] * W[woff + idx[p]*ld + j]`` for ``j < n``, ``p`` in
-    ``[p0, p1)`` in order: up to ``MAX_ROW_VECTORS`` vectors at a time held in registers
-    (:func:`.lanes._lanes_rows`), the last one masked to the neurons that remain, so
-    that a row of 100 float32 neurons is one pass over the non-zeros (with AVX-512, 6 lane
-    vectors of 16 and a masked one of 4 lanes; with AVX2, 12 vectors of 8 and a masked one
-    of 4).  Wider rows take as few passes as the registers allow, of nearly equal vector
-    counts."""
-    L = row_lanes(W)
-    left = (n + L - 1) // L  # vectors still to do
-    passes = (left + MAX_ROW_VECTORS - 1) // MAX_ROW_VECTORS
-    j = 0
-    while j < n:
-        nv = (left + passes - 1) // passes
-        r = min(n - j, nv * L)  # nv vectors, the last holding r - (nv-1)*L neurons
-        _lanes_rows(W, woff + j, ld, idx, val, p0, p1, dst, doff + j, nv, r - (nv - 1) * L)
-        j += r
-        left -= nv
-        passes -= 1
+def _weight_sum(w, rows):
+    """The sum of the sample weights of ``rows``, in order."""
+    s = 0.0
+    for i in range(rows.shape[0]):
+        s += w[rows[i]]
+    return s
 
 
 @njit(**_opts)
-def _sparse_first_layer(P, n1, boff, indptr, indices, values, rows, A, s0, s1, hid):
-    """First layer from CSR inputs, ``W`` transposed (``P[k*n1:(k+1)*n1]`` is input ``k``'s
-    weights to every neuron): ``A[i, :n1] = act(b + sum_p values[p] W^T[indices[p]])``.
-
-    The non-zeros of random rows of the training set are prefetched ``ROW_AHEAD``
-    samples ahead (with the targets' prefetch in :func:`_chunk_gradient_sparse`, W5
-    epochs took 0.94-0.98x the time on two threads and 0.93x on one, old and new code
-    in one process).  Finding a row's non-zeros loads its pointer ``indptr[r]``, a
-    cache miss of its own, so that is prefetched ``POINTER_AHEAD`` samples ahead: W5
-    epochs 0.965-0.976x the time (four runs of 40-60 alternated epochs, one and two
-    threads); W6 and W7's network 1.00x."""
-    b = P[boff : boff + n1]
-    for i in range(s0, s1):
-        if i + POINTER_AHEAD < s1:
-            _prefetch(indptr, rows[i + POINTER_AHEAD])
-        if i + ROW_AHEAD < s1:
-            _prefetch_sparse_rows(indptr, indices, values, rows[i + ROW_AHEAD : i + ROW_AHEAD + 1])
-        r = rows[i]
-        a = A[i, 0:n1]
-        for j in range(n1):
-            a[j] = b[j]
-        _rows_dot(P, 0, n1, indices, values, indptr[r], indptr[r + 1], a, 0, n1)
-        _activate(a, hid)
-
-
-@njit(**_opts)
-def _chunk_gradient_sparse(
-    P, sizes, offs, aoff, hid, out, csr, T, w, rows, ident, A, D, G, gc, s0, s1
-):
-    """:func:`_chunk_gradient_targets` for CSR inputs ``csr = (indptr, indices, values)``,
-    with the first layer's ``W`` stored transposed in ``P`` (the zero inputs cost nothing);
-    the later layers as in the dense path.  The first layer's ``W`` gradient is left to
-    the update pass (:func:`_optimize_first_rows`): only its bias sums go into ``G[gc]``."""
-    indptr, indices, values = csr
-    g = G[gc]
-    n1 = sizes[1]
-    b0 = sizes[0] * n1
-    for i in range(s0, s1):  # targets and weights of random rows, read after the forward pass
-        _prefetch(T[rows[i]], 0)
-        _prefetch(w, rows[i])
-    _sparse_first_layer(P, n1, b0, indptr, indices, values, rows, A, s0, s1, hid)
-    _forward_later(P, offs, sizes, aoff, hid, out, A, ident, s0, s1)
-    total, correct = _target_deltas(sizes, aoff, out, T, w, rows, A, D, s0, s1)
-    _backprop_later(P, offs, sizes, aoff, hid, A, ident, D, g, s0, s1)
-    gb = g[b0 : b0 + n1]
-    for i in range(s0, s1):
-        d = D[i, 0:n1]
-        for j in range(n1):
-            gb[j] += d[j]
-    return total, correct
-
-
-@njit(**_opts)
-def _chunk_columns(csr, rows, s0, s1, csc, c):
-    """Samples ``s0:s1`` of the mini-batch of CSR inputs by input column, for chunk ``c``
-    (``csc = (cp, fill, cs, cv)``): input ``k``'s batch positions (ascending) where
-    it is non-zero are ``cs[cp[c, k]:cp[c, k+1]]``, its values ``cv``.  Chunk ``c``
-    writes after the non-zeros of the samples before ``s0``, so the chunks need no
-    other space than the whole batch.
-
-    The hot loops index with unsigned integers, which Numba does not check for
-    negative (wraparound) indices: a count and a scatter over W5's mini-batches
-    (one thread, an epoch of MNIST, medians of 7) 0.094-0.109 -> 0.076-0.090 s."""
-    indptr, indices, values = csr
-    cp, fill, cs, cv = csc
-    n_in = fill.shape[1]
-    start = 0
-    for i in range(s0):
-        start += indptr[rows[i] + 1] - indptr[rows[i]]
-    ptr = cp[c]
-    for k in range(n_in + 1):
-        ptr[k] = 0
-    one = np.uint64(1)
-    for i in range(s0, s1):
-        r = rows[i]
-        for p in range(np.uint64(indptr[r]), np.uint64(indptr[r + 1])):
-            ptr[np.uint64(indices[p]) + one] += 1
-    ptr[0] = start
-    fc = fill[c]
-    for k in range(n_in):
-        ptr[k + 1] += ptr[k]
-        fc[k] = ptr[k]
-    for i in range(s0, s1):
-        r = rows[i]
-        for p in range(np.uint64(indptr[r]), np.uint64(indptr[r + 1])):
-            k = np.uint64(indices[p])
-            q = np.uint64(fc[k])
-            cs[q] = i
-            cv[q] = values[p]
-            fc[k] = q + one
+def _step_rate(hyper, opt, t):
+    """The learning rate of step ``t`` (counted from 1): Adam's has its bias correction."""
+    if opt == ADAM:
+        return hyper[LR] * np.sqrt(1.0 - hyper[BETA2] ** t) / (1.0 - hyper[BETA1] ** t)
+    return hyper[LR]
 
 
 @njit(**_opts)
@@ -266,13 +158,12 @@ def optim_chunks(m, n_params, n_listed=0):
     784-16-16-10 at batch 10 took 0.32-0.33 s in two chunks (a parallel region per step),
     0.19-0.21 s serially.
 
-    With CSR inputs each chunk also lists its non-zeros by input
-    (:func:`_chunk_columns`: a pass over the ``n_listed + 1`` column pointers)
-    and the update reads each chunk's list of every input: costs per chunk
-    that W7's 784-32-10 (batch 100 and 200, 4 and 8 chunks of 25 samples)
-    paid often.  In two chunks (at least 98 samples for MNIST), four 5-epoch
-    fits on 30,000 images took 2.31 -> 2.11 s on one thread and 1.44 ->
-    1.18 s on two (medians of 3).
+    With CSR inputs the count is also :mod:`.columns`' number of parts of the
+    inputs, each of which lists its non-zeros by input (a pass over its column
+    pointers): costs per chunk that W7's 784-32-10 (batch 100 and 200, 4 and 8
+    chunks of 25 samples) paid often.  In two chunks (at least 98 samples for
+    MNIST), four 5-epoch fits on 30,000 images took 2.31 -> 2.11 s on one
+    thread and 1.44 -> 1.18 s on two (medians of 3).
     """
     if m * n_params < SERIAL_STEP:
         return 1
@@ -353,56 +244,8 @@ def _optimize_block(theta, G, nc, V, M2, lo, hi, is_w, opt, hyper, inv_s, lr_t):
 
 
 @njit(**_opts)
-def _optimize_first_rows(theta, G, nc, V, M2, lo, hi, n1, D, csc, opt, hyper, inv_s, lr_t):
-    """:func:`_optimize_block` for a block of the first layer's transposed ``W`` with CSR
-    inputs: each input row's gradient ``sum_i x_ik D[i, :n1]`` (batch positions ``i`` in
-    order, the chunks' lists of :func:`_chunk_columns` one after the other) is summed
-    here, in registers, into the block's slice of ``G[0]`` (which the chunks leave at
-    zero), then the optimiser runs over the whole block.
-
-    The chunk phase would add every non-zero's whole row of ``n1`` values into
-    its chunk gradient, and this pass read them back: each row's gradient is now
-    written once, next to its update.  One optimiser loop over the block rather
-    than one per row of ``n1`` values: W5 (rows of 100) 0.086 -> 0.073 s and
-    W6 (256) about 0.2 s an epoch less.  The chunks are the outer loop, so that
-    one chunk's deltas stay in L1 while the block's rows are summed over them (W5:
-    100 samples x 100 deltas, 40 KB; the update pass about 20% faster than with
-    the rows outside); each value still sums chunk 0's samples, then chunk 1's,
-    and so on.  The order depends on neither the chunks nor the threads.
-    """
-    cp, _, cs, cv = csc
-    ld = D.shape[1]
-    Dflat = D.reshape(D.size)
-    g = G[0]
-    sq = _sum_squares(theta[lo:hi])
-    for c in range(nc):  # the chunks' samples in order: one sum, as over the batch
-        k = lo // n1
-        while k * n1 < hi:
-            a = max(lo, k * n1)
-            b = min(hi, (k + 1) * n1)
-            if cp[c, k + 1] > cp[c, k]:
-                _rows_dot(Dflat, a - k * n1, ld, cs, cv, cp[c, k], cp[c, k + 1], g, a, b - a)
-            k += 1
-    # is_w an int64 as _optimize_block passes it (a literal True would compile it again)
-    _apply_optimizer(theta, g, V, M2, lo, hi, np.int64(1), opt, hyper, inv_s, lr_t)
-    return sq
-
-
-def _columns(X, rows, s0, s1, csc, c):
-    """:func:`_chunk_columns` for CSR inputs (a tuple); nothing for a 2-D array."""
-
-
-@overload(_columns)
-def _columns_typed(X, rows, s0, s1, csc, c):
-    if isinstance(X, types.BaseTuple):
-        return lambda X, rows, s0, s1, csc, c: _chunk_columns(X, rows, s0, s1, csc, c)
-    return lambda X, rows, s0, s1, csc, c: None
-
-
-def _update_block(theta, G, nc, V, M2, blocks, bi, X, D, csc, n_in, n1, opt, hyper, inv_s,
-                  lr_t):  # fmt: skip
-    """Update block ``bi``: :func:`_optimize_first_rows` for the first layer's ``W`` when
-    ``X`` is CSR inputs (a tuple), else :func:`_optimize_block`.
+def _update_block(theta, G, nc, V, M2, blocks, bi, opt, hyper, inv_s, lr_t):
+    """Update block ``bi`` (:func:`_optimize_block`); returns its sum of squared weights.
 
     Subnormal numbers count as zero here (:func:`._llvm._flush_subnormals`,
     the thread's mode restored afterwards).  The optimiser state of a weight
@@ -412,54 +255,34 @@ def _update_block(theta, G, nc, V, M2, blocks, bi, X, D, csc, n_in, n1, opt, hyp
     moments of MNIST's border pixels got there after 3-9 epochs of W5 and
     made epochs up to 1.75x slower.  Values below the smallest normal number
     (1.2e-38 in float32) become zero instead; float64 never gets there in
-    practice."""
-
-
-@overload(_update_block)
-def _update_block_typed(theta, G, nc, V, M2, blocks, bi, X, D, csc, n_in, n1, opt, hyper,
-                        inv_s, lr_t):  # fmt: skip
-    sparse = isinstance(X, types.BaseTuple)
-
-    def impl(theta, G, nc, V, M2, blocks, bi, X, D, csc, n_in, n1, opt, hyper, inv_s, lr_t):
-        lo, hi, is_w = blocks[bi, 0], blocks[bi, 1], blocks[bi, 2]
-        fp = _flush_subnormals()
-        if sparse and hi <= n_in * n1:  # a block of the first layer's W
-            sq = _optimize_first_rows(
-                theta, G, nc, V, M2, lo, hi, n1, D, csc, opt, hyper, inv_s, lr_t
-            )
-        else:
-            sq = _optimize_block(theta, G, nc, V, M2, lo, hi, is_w, opt, hyper, inv_s, lr_t)
-        _restore_fp(fp)
-        return sq
-
-    return impl
+    practice (the CSR path does the same, :mod:`.columns`)."""
+    lo, hi, is_w = blocks[bi, 0], blocks[bi, 1], blocks[bi, 2]
+    fp = _flush_subnormals()
+    sq = _optimize_block(theta, G, nc, V, M2, lo, hi, is_w, opt, hyper, inv_s, lr_t)
+    _restore_fp(fp)
+    return sq
 
 
 @njit(**_opts)
 def _chunk_member(c, nc, theta, sizes, offs, aoff, hid, out, X, T, w, rows, ident, A, D, G,
-                  stats, csc):  # fmt: skip
+                  stats):  # fmt: skip
     """Chunk ``c`` of ``nc`` of the mini-batch ``X[rows]`` (:func:`optim_step`): its gradient
-    into ``G[c]``, its loss and number correct into ``stats[c]``, with CSR inputs its
-    column lists.  (The buffers come one by one: a parallel region does not take the
-    buffers' named tuple, which holds a tuple.)"""
+    into ``G[c]``, its loss and number correct into ``stats[c]``.  (The buffers come one
+    by one: a parallel region does not take the buffers' named tuple, which holds a
+    tuple.)"""
     m = rows.shape[0]
     s0 = c * m // nc
     s1 = (c + 1) * m // nc
-    stats[c, 0], stats[c, 1] = _chunk_loss(
+    stats[c, 0], stats[c, 1] = _chunk_gradient_targets(
         theta, sizes, offs, aoff, hid, out, X, T, w, rows, ident, A, D, G, c, s0, s1
     )
-    _columns(X, rows, s0, s1, csc, c)
 
 
 @njit(**_opts)
-def _update_member(q, nb, theta, G, nc, V, M2, blocks, order, X, D, csc, n_in, n1, opt, hyper,
-                   inv_s, lr_t, sq):  # fmt: skip
-    """Update block ``order[q]`` of the ``nb`` (:func:`_update_block`), its sum of squared
-    weights into ``sq``."""
-    bi = order[q]
-    sq[bi] = _update_block(
-        theta, G, nc, V, M2, blocks, bi, X, D, csc, n_in, n1, opt, hyper, inv_s, lr_t
-    )
+def _update_member(bi, nb, theta, G, nc, V, M2, blocks, opt, hyper, inv_s, lr_t, sq):
+    """Update block ``bi`` of the ``nb`` (:func:`_update_block`), its sum of squared weights
+    into ``sq``."""
+    sq[bi] = _update_block(theta, G, nc, V, M2, blocks, bi, opt, hyper, inv_s, lr_t)
 
 
 @njit(parallel=True, **_opts)
@@ -469,73 +292,46 @@ def optim_step(
     """One step on the mini-batch ``X[rows]``; returns its loss as scikit-learn reports it and
     the number of its samples classified correctly (before the update).
 
-    ``X`` is a 2-D array, or a CSR tuple ``(indptr, indices, values)``; then
-    ``theta`` holds the first layer's ``W`` transposed (see
-    :func:`train_epoch_optim`).  ``hyper[STEP]`` counts the steps (Adam's
-    ``t``) and is advanced here.  ``chunk`` and ``update`` are the addresses
-    of :func:`_chunk_member` and :func:`_update_member` compiled for these
-    arguments (:func:`member_addresses`), called by address
-    (:func:`._llvm._call_native`) so that the parallel regions do not
-    compile their trees again.
+    ``X`` is a 2-D array (CSR inputs train through :mod:`.columns`).
+    ``hyper[STEP]`` counts the steps (Adam's ``t``) and is advanced here.
+    ``chunk`` and ``update`` are the addresses of :func:`_chunk_member` and
+    :func:`_update_member` compiled for these arguments
+    (:func:`member_addresses`), called by address (:func:`._llvm._call_native`)
+    so that the parallel regions do not compile their trees again.
     """
-    ident, A, D, G, blocks, order, stats, sq, csc, _ = buf
+    ident, A, D, G, blocks, stats, sq, _ = buf
     V = state[0]
     M2 = state[1]
     m = rows.shape[0]
-    # n_in columns listed, 0 if dense; int64 as member_addresses typed it
-    nc = np.int64(optim_chunks(m, G.shape[1], csc[1].shape[1]))
+    nc = np.int64(optim_chunks(m, G.shape[1]))  # int64 as member_addresses typed it
     if nc == 1:  # no parallel region: waking the threads would cost more than the step
         _call_native(chunk, (np.int64(0), nc, theta, sizes, offs, aoff, hid, out, X, T, w, rows,
-                             ident, A, D, G, stats, csc))  # fmt: skip
+                             ident, A, D, G, stats))  # fmt: skip
     else:
         for c in prange(nc):
             _call_native(chunk, (np.int64(c), nc, theta, sizes, offs, aoff, hid, out, X, T, w,
-                                 rows, ident, A, D, G, stats, csc))  # fmt: skip
+                                 rows, ident, A, D, G, stats))  # fmt: skip
     loss, correct = _chunk_totals(stats, nc)
-    s = 0.0
-    for i in range(m):
-        s += w[rows[i]]
+    s = _weight_sum(w, rows)
     if s == 0:  # all weights zero: the deltas, so the chunk gradients, are all zero
         return 0.0, correct  # a step that changes nothing (scikit-learn would divide by zero)
     hyper[STEP] += 1
-    lr_t = hyper[LR]
-    if opt == ADAM:
-        t = hyper[STEP]
-        lr_t = hyper[LR] * np.sqrt(1.0 - hyper[BETA2] ** t) / (1.0 - hyper[BETA1] ** t)
     # the update member's scalars, of the types member_addresses compiled it for
     nb = np.int64(blocks.shape[0])
-    n_in = np.int64(sizes[0])
-    n1 = np.int64(sizes[1])
     inv_s = np.float64(1.0 / s)
-    lr_t = np.float64(lr_t)
+    lr_t = np.float64(_step_rate(hyper, opt, hyper[STEP]))
     if theta.shape[0] >= PARALLEL_UPDATE_MIN:
-        for q in prange(nb):
-            _call_native(update, (np.int64(q), nb, theta, G, nc, V, M2, blocks, order, X, D, csc,
-                                  n_in, n1, opt, hyper, inv_s, lr_t, sq))  # fmt: skip
+        for bi in prange(nb):
+            _call_native(update, (np.int64(bi), nb, theta, G, nc, V, M2, blocks, opt, hyper,
+                                  inv_s, lr_t, sq))  # fmt: skip
     else:  # the same blocks one after another (each block's update is independent)
-        for q in range(nb):
-            _call_native(update, (np.int64(q), nb, theta, G, nc, V, M2, blocks, order, X, D, csc,
-                                  n_in, n1, opt, hyper, inv_s, lr_t, sq))  # fmt: skip
+        for bi in range(nb):
+            _call_native(update, (np.int64(bi), nb, theta, G, nc, V, M2, blocks, opt, hyper,
+                                  inv_s, lr_t, sq))  # fmt: skip
     l2 = 0.0
     for bi in range(nb):
         l2 += sq[bi]
     return loss / s + 0.5 * hyper[ALPHA] * l2 / s, correct
-
-
-def _chunk_loss(*args):
-    """The chunk gradient (arguments of :func:`_chunk_gradient_targets`) of dense inputs (a 2-D
-    array) or CSR inputs (a tuple, :func:`_chunk_gradient_sparse`): chosen when compiled."""
-
-
-@overload(_chunk_loss)
-def _chunk_loss_typed(*args):
-    X = args[6]
-    chunk = _chunk_gradient_sparse if isinstance(X, types.BaseTuple) else _chunk_gradient_targets
-
-    def impl(*args):
-        return chunk(*args)
-
-    return impl
 
 
 @njit(**_opts)
@@ -560,25 +356,22 @@ def _train_epoch_optim(
 def _chunk_address(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf):
     """The address of :func:`_chunk_member` compiled for these arguments and the buffers
     ``buf`` (:func:`.team.member_address`)."""
-    ident, A, D, G, blocks, order, stats, sq, csc, _ = buf
+    ident, A, D, G, blocks, stats, sq, _ = buf
     return member_address(
-        _chunk_member,
-        (theta, sizes, offs, aoff, hid, out, X, T, w, rows, ident, A, D, G, stats, csc),
+        _chunk_member, (theta, sizes, offs, aoff, hid, out, X, T, w, rows, ident, A, D, G, stats)
     )
 
 
 def member_addresses(theta, sizes, offs, aoff, hid, out, X, T, w, buf, opt, hyper, state):
     """The addresses of :func:`_chunk_member` and :func:`_update_member` compiled for the
     arguments :func:`optim_step` gives them (:func:`.team.member_address`)."""
-    ident, A, D, G, blocks, order, stats, sq, csc, _ = buf
+    ident, A, D, G, blocks, stats, sq, _ = buf
     # any int64 row vector stands for the mini-batch's rows
     chunk = _chunk_address(theta, sizes, offs, aoff, hid, out, X, T, w, ident, buf)
-    n = np.int64(1)  # the chunk count and the layer sizes (int64), inv_s and lr_t (float64)
+    n = np.int64(1)  # the chunk count (int64), inv_s and lr_t (float64)
     update = member_address(
-        _update_member,
-        (theta, G, n, state[0], state[1], blocks, order, X, D, csc, n, n, opt, hyper, 1.0, 1.0,
-         sq),
-    )  # fmt: skip
+        _update_member, (theta, G, n, state[0], state[1], blocks, opt, hyper, 1.0, 1.0, sq)
+    )
     return chunk, update
 
 
@@ -586,10 +379,11 @@ def train_epoch_optim(theta, sizes, offs, aoff, hid, out, X, T, w, perm, m, buf,
     """One epoch over ``X[perm]`` in mini-batches of ``m`` (the last may be smaller).
 
     ``X``: a 2-D array, or CSR inputs ``(indptr, indices, values)`` (networks
-    with a hidden layer); then the first layer's ``W`` in ``theta``, in the
-    gradients and in ``state`` is stored transposed (``(n_in, n1)``
-    row-major; :func:`transpose_first_layer` converts), so that an input's
-    weights are one contiguous row and zero inputs cost nothing.
+    with a hidden layer), which train through :mod:`.columns`; then the first
+    layer's ``W`` in ``theta``, in the gradients and in ``state`` is stored
+    transposed (``(n_in, n1)`` row-major; :func:`transpose_first_layer`
+    converts), so that an input's weights are one contiguous row and zero
+    inputs cost nothing.
     Returns the sum over steps of (step loss x step size), which divided by
     ``len(perm)`` is scikit-learn's ``loss_`` for the epoch, and the number
     of samples classified correctly, each on its mini-batch before the update.
@@ -598,8 +392,8 @@ def train_epoch_optim(theta, sizes, offs, aoff, hid, out, X, T, w, perm, m, buf,
         from .columns import train_epoch_columns
 
         want = numba.get_num_threads()
-        return train_epoch_columns(theta, sizes, offs, aoff, hid, out, X, T, w, perm, m, buf,
-                                   buf.cols, opt, hyper, state, want)  # fmt: skip
+        return train_epoch_columns(theta, sizes, offs, aoff, hid, out, X, T, w, perm, m, buf, opt,
+                                   hyper, state, want)  # fmt: skip
     chunk, update = member_addresses(
         theta, sizes, offs, aoff, hid, out, X, T, w, buf, opt, hyper, state
     )
@@ -613,7 +407,7 @@ def train_epoch_optim(theta, sizes, offs, aoff, hid, out, X, T, w, perm, m, buf,
 def _objective(chunk, theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, alpha, grad):
     """:func:`objective` with the address of :func:`_chunk_member`
     (:func:`.team.member_address`)."""
-    ident, A, D, G, blocks, _, stats, sq, csc, _ = buf
+    ident, A, D, G, blocks, stats, sq, _ = buf
     n = rows.shape[0]
     m = A.shape[0]
     nc = MAX_CHUNKS
@@ -625,12 +419,10 @@ def _objective(chunk, theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, al
         k = np.int64(min(nc, mb))
         for c in prange(k):
             _call_native(chunk, (np.int64(c), k, theta, sizes, offs, aoff, hid, out, X, T, w, part,
-                                 ident, A, D, G, stats, csc))  # fmt: skip
+                                 ident, A, D, G, stats))  # fmt: skip
         for c in range(k):
             total += stats[c, 0]
-    s = 0.0
-    for i in range(n):
-        s += w[rows[i]]
+    s = _weight_sum(w, rows)
     l2 = 0.0
     for bi in range(blocks.shape[0]):
         lo, hi, is_w = blocks[bi, 0], blocks[bi, 1], blocks[bi, 2]
@@ -670,58 +462,30 @@ class OptimBuffers(NamedTuple):
     D: np.ndarray  # (m, H) deltas
     G: np.ndarray  # (MAX_CHUNKS, n_params) chunk gradients, zero between steps
     blocks: np.ndarray  # (k, 3) int64 update blocks (start, stop, is_weight)
-    order: np.ndarray  # (k,) int64 the parallel update's order of the blocks
     stats: np.ndarray  # (MAX_CHUNKS, 2) float64 chunk loss sums and correct counts
     sq: np.ndarray  # (k,) float64 squared-weight sums per block
-    # CSR inputs: the mini-batch by input column (_chunk_columns), (cp, fill, cs, cv):
-    # (MAX_CHUNKS, n_in + 1) and (MAX_CHUNKS, n_in) int64, (cap,) int32 and (cap,)
-    # values; empty for dense inputs
-    csc: tuple
-    cols: tuple  # CSR inputs: the epoch's .columns.ColumnBuffers; () for dense inputs
+    cols: tuple  # CSR inputs: .columns.ColumnBuffers; () for dense inputs
 
 
 def optim_buffers(sizes, m, dtype, csr=None):
-    """:class:`OptimBuffers` for mini-batches of up to ``m`` samples; with the CSR inputs
-    ``csr`` the column buffers hold the non-zeros of the ``m`` fullest rows."""
+    """:class:`OptimBuffers` for mini-batches of up to ``m`` samples, with the CSR inputs
+    ``csr`` those of :mod:`.columns` too."""
     offs, n = layer_offsets(sizes)
     H = int(sum(sizes[1:]))
     blocks = update_blocks(sizes, offs)
-    cap = 0
-    if csr is not None:
-        counts = np.diff(csr[0])
-        cap = int(counts.sum()) if m >= len(counts) else int(-np.partition(-counts, m)[:m].sum())
-    n_in = sizes[0] if csr is not None else 0
-    # the parallel update's order: with CSR inputs the first layer's blocks also sum its
-    # gradient, so they are spread evenly among the others (each thread takes a
-    # contiguous share of the order; measured, 2 threads: W6 0.97 -> 0.88 s an epoch)
-    order = np.arange(len(blocks), dtype=np.int64)
-    if csr is not None:
-        heavy = blocks[:, 1] <= n_in * sizes[1]
-        pos = np.empty(len(blocks))
-        for mask in (heavy, ~heavy):
-            pos[mask] = (np.arange(mask.sum()) + 0.5) / max(1, mask.sum())
-        order = np.argsort(pos, kind="stable").astype(np.int64)
     cols = ()
     if csr is not None:
         from .columns import column_buffers
 
-        nc = int(optim_chunks(m, n, n_in))
-        cols = column_buffers(np.asarray(sizes, np.int64), offs, m, dtype, csr, nc, cap)
+        cols = column_buffers(np.asarray(sizes, np.int64), offs, m, dtype, csr)
     return OptimBuffers(
         np.arange(m, dtype=np.int64),
         np.empty((m, H), dtype),
         np.empty((m, H), dtype),
         np.zeros((MAX_CHUNKS, n), dtype),
         blocks,
-        order,
         np.zeros((MAX_CHUNKS, 2)),
         np.zeros(len(blocks)),
-        (
-            np.zeros((MAX_CHUNKS, n_in + 1), np.int64),
-            np.zeros((MAX_CHUNKS, n_in), np.int64),
-            np.zeros(cap, np.int32),
-            np.zeros(cap, dtype),
-        ),
         cols,
     )
 
