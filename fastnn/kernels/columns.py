@@ -358,11 +358,21 @@ class ColumnBuffers(NamedTuple):
     sync: np.ndarray  # (48,) int64 team counters (see .team)
 
 
+@njit(**_opts)
+def _column_counts(indices, n_in):
+    """The number of non-zeros of each input (``np.bincount`` would first copy the int16
+    indices to int64: 72 MB for MNIST, 26-280 ms a fit against 5 ms)."""
+    counts = np.zeros(n_in, np.int64)
+    for p in range(indices.shape[0]):
+        counts[indices[p]] += 1
+    return counts
+
+
 def column_cuts(indices, n_in, nc):
     """The first input of each of ``nc`` parts, then ``n_in``: consecutive inputs holding
     about equal numbers of the non-zeros ``indices`` (MNIST in halves of equal input
     counts would hold 47% and 53%)."""
-    cum = np.cumsum(np.bincount(indices, minlength=n_in))
+    cum = np.cumsum(_column_counts(indices, np.int64(n_in)))
     total = cum[-1] if n_in else 0
     inner = np.searchsorted(cum, total * np.arange(1, nc) / nc, side="right")
     return np.concatenate([[0], np.minimum(inner, n_in), [n_in]]).astype(np.int64)
