@@ -232,9 +232,13 @@ def test_csr_inputs_train_as_dense_inputs_do(m, used, opt):
     hyper[[optim.LR, optim.ALPHA, optim.MOMENTUM, optim.NESTEROV]] = 0.01, 0.003, 0.9, 1
     hyper[[optim.BETA1, optim.BETA2, optim.EPSILON]] = 0.9, 0.999, 1e-8
     csr = csr_rows(X, np.float64)
+    cols = optim.optim_buffers(sizes, m, np.float64, csr).cols
     if m == 250:
-        cuts = optim.optim_buffers(sizes, m, np.float64, csr).cols.cuts
-        assert len(cuts) == 9 and (np.diff(cuts) == 0).any() == (used == 5)
+        assert len(cols.cuts) == 9 and (np.diff(cols.cuts) == 0).any() == (used == 5)
+    # each part's column lists hold the non-zeros of the m rows with the most in that part
+    parts = zip(cols.cuts[:-1], cols.cuts[1:])
+    need = [np.sort((X[:, k0:k1] != 0).sum(axis=1))[-m:].sum() for k0, k1 in parts]
+    assert np.diff(cols.coff).tolist() == need
 
     def run(inputs, threads):
         theta, state, h = theta0.copy(), np.zeros((2, n_params)), hyper.copy()

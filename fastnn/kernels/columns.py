@@ -236,8 +236,8 @@ def _account(stats, sq, par, nc, s, mb, alpha, acc):
 
 @njit(**_opts)
 def _columns_member(slot, team, theta, sizes, offs, aoff, hid, out, indptr, indices, values, T, w,
-                    perm, m, opt, hyper, V, M2, ident, A, D, G, Z, bounds, cuts, cp, fill, cs, cv,
-                    blocks, sq, stats, acc, sync):  # fmt: skip
+                    perm, m, opt, hyper, V, M2, ident, A, D, G, Z, bounds, cuts, cp, fill, coff,
+                    cs, cv, blocks, sq, stats, acc, sync):  # fmt: skip
     """Member ``slot`` of a team of ``team`` (:func:`train_epoch_columns`)."""
     n = perm.shape[0]
     nc = cuts.shape[0] - 1
@@ -258,7 +258,8 @@ def _columns_member(slot, team, theta, sizes, offs, aoff, hid, out, indptr, indi
             k0, k1 = cuts[q], cuts[q + 1]
             _part_forward(theta, n1, bias, indptr, indices, values, rows, q, nc, k0, k1, dst,
                           bounds[q], cp[q])  # fmt: skip
-            _part_columns(indices, values, bounds[q], mb, k0, k1, cp[q], fill[q], cs[q], cv[q])
+            csq, cvq = cs[coff[q] : coff[q + 1]], cv[coff[q] : coff[q + 1]]
+            _part_columns(indices, values, bounds[q], mb, k0, k1, cp[q], fill[q], csq, cvq)
         phase += 1
         _barrier(sync, team, phase)
         for c in range(slot, nc, team):
@@ -282,22 +283,9 @@ def _columns_member(slot, team, theta, sizes, offs, aoff, hid, out, indptr, indi
                 if blocks[bi, 4] % team != slot:
                     continue
                 if q >= 0:
+                    csq, cvq = cs[coff[q] : coff[q + 1]], cv[coff[q] : coff[q + 1]]
                     sq[par, bi] = _optimize_first_rows(
-                        theta,
-                        G[0],
-                        V,
-                        M2,
-                        lo,
-                        hi,
-                        n1,
-                        D,
-                        cp[q],
-                        cs[q],
-                        cv[q],
-                        opt,
-                        hyper,
-                        inv_s,
-                        lr_t,
+                        theta, G[0], V, M2, lo, hi, n1, D, cp[q], csq, cvq, opt, hyper, inv_s, lr_t
                     )
                 else:
                     sq[par, bi] = _optimize_block(
@@ -314,7 +302,7 @@ def _columns_member(slot, team, theta, sizes, offs, aoff, hid, out, indptr, indi
 @njit(parallel=True, **_opts)
 def _train_epoch_columns(member, want, theta, sizes, offs, aoff, hid, out, indptr, indices, values,
                          T, w, perm, m, opt, hyper, V, M2, ident, A, D, G, Z, bounds, cuts, cp,
-                         fill, cs, cv, blocks, sq, stats, acc, sync):  # fmt: skip
+                         fill, coff, cs, cv, blocks, sq, stats, acc, sync):  # fmt: skip
     """The parallel region of :func:`train_epoch_columns`; ``member`` is the address of
     :func:`_columns_member` compiled for these arguments."""
     for i in range(sync.shape[0]):
@@ -326,8 +314,8 @@ def _train_epoch_columns(member, want, theta, sizes, offs, aoff, hid, out, indpt
         if slot >= 0:
             _call_native(member, (np.int64(slot), np.int64(team), theta, sizes, offs, aoff, hid,
                                   out, indptr, indices, values, T, w, perm, m, opt, hyper, V, M2,
-                                  ident, A, D, G, Z, bounds, cuts, cp, fill, cs, cv, blocks, sq,
-                                  stats, acc, sync))  # fmt: skip
+                                  ident, A, D, G, Z, bounds, cuts, cp, fill, coff, cs, cv, blocks,
+                                  sq, stats, acc, sync))  # fmt: skip
     n = perm.shape[0]
     nc = cuts.shape[0] - 1
     if n > 0:  # the last step's loss
@@ -341,16 +329,16 @@ def _train_epoch_columns(member, want, theta, sizes, offs, aoff, hid, out, indpt
 
 class ColumnBuffers(NamedTuple):
     """The buffers of :func:`train_epoch_columns`, for mini-batches of up to ``m`` and
-    ``nc`` parts (``n1`` first-layer neurons, ``cap`` the non-zeros of the ``m``
-    fullest rows)."""
+    ``nc`` parts (``n1`` first-layer neurons)."""
 
     Z: np.ndarray  # (max(nc - 1, 1), m, n1) partial sums of parts 1..nc-1
     bounds: np.ndarray  # (nc, m, 2) int64 each sample's positions in each part
     cuts: np.ndarray  # (nc + 1,) int64 the parts' first inputs, then n_in
     cp: np.ndarray  # (nc, n_in + 1) int64 column pointers of each part's lists
     fill: np.ndarray  # (nc, n_in) int64 their fill positions
-    cs: np.ndarray  # (nc, cap) int32 batch positions, by input
-    cv: np.ndarray  # (nc, cap) values, by input
+    coff: np.ndarray  # (nc + 1,) int64 where each part's lists start in cs and cv
+    cs: np.ndarray  # (coff[nc],) int32 batch positions, by input
+    cv: np.ndarray  # (coff[nc],) values, by input
     blocks: np.ndarray  # (k, 5) int64 update blocks (start, stop, is_weight, part or -1,
     # unit: member unit % team updates it)
     sq: np.ndarray  # (2, k) float64 squared-weight sums per block, two steps alternating
@@ -369,6 +357,19 @@ def _column_counts(indices, n_in):
     return counts
 
 
+@njit(**_opts)
+def _part_row_counts(indptr, indices, cuts, counts):
+    """``counts[q, r]``: the non-zeros of row ``r`` in part ``q`` (inputs ``cuts[q]:cuts[q+1]``)."""
+    nc = cuts.shape[0] - 1
+    for r in range(indptr.shape[0] - 1):
+        pb = indptr[r]
+        p1 = indptr[r + 1]
+        for q in range(nc):
+            pe = p1 if q == nc - 1 else _first_at_least(indices, pb, p1, cuts[q + 1])
+            counts[q, r] = pe - pb
+            pb = pe
+
+
 def column_cuts(indices, n_in, nc):
     """The first input of each of ``nc`` parts, then ``n_in``: consecutive inputs holding
     about equal numbers of the non-zeros ``indices`` (MNIST in halves of equal input
@@ -384,9 +385,14 @@ def column_buffers(sizes, offs, m, dtype, csr):
     as many parts as :func:`.optim.optim_chunks` gives chunks."""
     n_in, n1 = int(sizes[0]), int(sizes[1])
     nc = int(optim_chunks(m, count_params(sizes), n_in))
-    counts = np.diff(csr[0])
-    cap = int(counts.sum()) if m >= len(counts) else int(-np.partition(-counts, m)[:m].sum())
     cuts = column_cuts(csr[1], n_in, nc)
+    # a part's lists hold at most its non-zeros of the m rows that have the most there
+    counts = np.empty((nc, len(csr[0]) - 1), np.int64)
+    _part_row_counts(csr[0], csr[1], cuts, counts)
+    coff = np.zeros(nc + 1, np.int64)
+    for q, row in enumerate(counts):
+        top = row if m >= len(row) else -np.partition(-row, m)[:m]
+        coff[q + 1] = coff[q] + int(top.sum())
     rb = max(1, UPDATE_BLOCK // n1)  # first-layer rows per update block
     # (start, stop, is_weight, part or -1, unit): member ``unit % team`` updates the block.
     # A part's rows go to its owner; so does the first layer's bias to part 0's, which
@@ -405,8 +411,9 @@ def column_buffers(sizes, offs, m, dtype, csr):
         cuts,
         np.zeros((nc, n_in + 1), np.int64),
         np.zeros((nc, n_in), np.int64),
-        np.zeros((nc, cap), np.int32),
-        np.zeros((nc, cap), dtype),
+        coff,
+        np.zeros(coff[nc], np.int32),
+        np.zeros(coff[nc], dtype),
         blocks,
         np.zeros((2, len(blocks))),
         np.zeros((2, nc, 2)),
@@ -426,7 +433,7 @@ def train_epoch_columns(theta, sizes, offs, aoff, hid, out, csr, T, w, perm, m, 
     c = buf[-1]
     args = (theta, sizes, offs, aoff, hid, out, indptr, indices, values, T, w, perm,
             np.int64(m), opt, hyper, state[0], state[1], ident, A, D, G, c.Z, c.bounds, c.cuts,
-            c.cp, c.fill, c.cs, c.cv, c.blocks, c.sq, c.stats, c.acc, c.sync)  # fmt: skip
+            c.cp, c.fill, c.coff, c.cs, c.cv, c.blocks, c.sq, c.stats, c.acc, c.sync)  # fmt: skip
     member = member_address(_columns_member, args)
     want = np.int64(max(1, min(want, len(c.cuts) - 1)))
     return _train_epoch_columns(member, want, *args)
