@@ -54,7 +54,9 @@ def _compile_group(name, dtype):
 
         net = Network(sizes, cost="log_loss", dtype=dtype, seed=0)
         Xf = np.ascontiguousarray(X.astype(dtype) / 255)
-        for inputs in (X, Xf + 0.5):  # the CSR path (19% non-zero), the dense path
+        # the CSR path (19% non-zero) from pixels and from floats (the estimators' form),
+        # then the dense path
+        for inputs in (X, Xf, Xf + 0.5):
             net.SGD((inputs, y), 1, batch, 0.01, quiet=True, optimizer="adam")
         T = np.eye(sizes[-1], dtype=dtype)[y]
         buf = optim.optim_buffers(sizes, len(X), dtype)

@@ -59,6 +59,39 @@ def test_warmup_fills_the_cache_a_later_process_loads(tmp_path):
         assert hits >= 1 and misses == 0, (name, hits, misses)
 
 
+# A process that fits the estimators on dense and on mostly-zero inputs and prints how
+# many kernels it compiled and saved to the cache.
+_FIT = """
+import warnings, numpy as np
+warnings.simplefilter("ignore")
+from fastnn import MLPClassifier
+rng = np.random.default_rng(0)
+y = np.arange(300) % 10
+dense = rng.normal(size=(300, 784)).astype(np.float32)
+sparse = ((rng.random((300, 784)) < 0.2) * rng.integers(1, 256, (300, 784))).astype(np.uint8)
+for X in (dense, sparse):
+    MLPClassifier(hidden_layer_sizes=(16,), batch_size=20, max_iter=2).fit(X, y)
+"""
+
+
+@pytest.mark.slow
+def test_the_optim_group_warms_the_estimators_on_dense_and_sparse_inputs(tmp_path):
+    """A first ``MLPClassifier`` fit after ``warmup --groups optim`` compiles nothing, on
+    dense inputs as on mostly-zero ones (the group's dense call once took the CSR path)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    cmd = [sys.executable, "-m", "fastnn", "warmup", "--groups", "optim"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr
+    env["NUMBA_DEBUG_CACHE"] = "1"
+    r = subprocess.run(
+        [sys.executable, "-c", _FIT], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert r.returncode == 0, r.stderr
+    assert "data loaded" in r.stdout + r.stderr
+    saved = [line for line in (r.stdout + r.stderr).splitlines() if "data saved" in line]
+    assert saved == []
+
+
 _BLAS = """
 import sys, numba, numpy as np, fastnn
 X = (np.random.default_rng(1).random((20, 784)) < 0.2).astype(np.uint8) * 255
