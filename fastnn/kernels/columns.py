@@ -51,6 +51,7 @@ from .optim import (
     STEP,
     _apply_optimizer,
     _optimize_block,
+    _reported_loss,
     _step_rate,
     _sum_squares,
     _target_deltas,
@@ -231,7 +232,7 @@ def _account(stats, sq, par, nc, s, mb, alpha, acc):
     l2 = 0.0
     for bi in range(sq.shape[1]):
         l2 += sq[par, bi]
-    acc[0] += (loss / s + 0.5 * alpha * l2 / s) * mb
+    acc[0] += _reported_loss(loss, l2, s, alpha) * mb
 
 
 @njit(**_opts)

@@ -143,6 +143,13 @@ def _step_rate(hyper, opt, t):
 
 
 @njit(**_opts)
+def _reported_loss(loss_sum, l2, s, alpha):
+    """scikit-learn's loss of a step (or of the whole set): the weighted loss sum over the
+    weight sum ``s`` plus ``alpha/2 |W|^2 / s`` (``l2``: the squared weights' sum)."""
+    return loss_sum / s + 0.5 * alpha * l2 / s
+
+
+@njit(**_opts)
 def optim_chunks(m, n_params, n_listed=0):
     """Chunks a mini-batch of ``m`` is cut into (never the thread count, so results do not
     depend on it): one, run serially, for steps of fewer than ``SERIAL_STEP`` samples x
@@ -331,7 +338,7 @@ def optim_step(
     l2 = 0.0
     for bi in range(nb):
         l2 += sq[bi]
-    return loss / s + 0.5 * hyper[ALPHA] * l2 / s, correct
+    return _reported_loss(loss, l2, s, hyper[ALPHA]), correct
 
 
 @njit(**_opts)
@@ -436,7 +443,7 @@ def _objective(chunk, theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, al
                 l2 += np.float64(theta[p]) * theta[p]
                 g += alpha * theta[p]
             grad[p] = g / s
-    return total / s + 0.5 * alpha * l2 / s
+    return _reported_loss(total, l2, s, alpha)
 
 
 def objective(theta, sizes, offs, aoff, hid, out, X, T, w, rows, buf, alpha, grad):
