@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from fastnn.kernels import optim
+from fastnn.kernels import csr_rows, optim
 from fastnn.layout import (
     HIDDEN_ACTIVATIONS,
     IDENTITY,
@@ -312,11 +312,14 @@ def test_network_optimizer_errors_name_the_problem():
         net.SGD((X, y), 1, 5, 0.1, optimizer="adam", betas=(0.9, 1.0))
 
 
-def test_divergence_restores_the_parameters_and_drops_the_optimizer_state():
+@pytest.mark.parametrize("sparse", [False, True])  # the dense path; the CSR path (.columns)
+def test_divergence_restores_the_parameters_and_drops_the_optimizer_state(sparse):
     from fastnn import Network
 
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(200, 10)), np.arange(200) % 3
+    if sparse:
+        X *= rng.random((200, 10)) < 0.2
     net = Network([10, 8, 3], cost="log_loss", seed=0)
     net.SGD((X, y), 1, 10, 0.01, quiet=True, momentum=0.9)
     before = net.parameters.copy()
@@ -325,8 +328,9 @@ def test_divergence_restores_the_parameters_and_drops_the_optimizer_state():
     assert np.array_equal(net.parameters, before) and net._optim_state is None
 
 
+@pytest.mark.parametrize("sparse", [False, True])  # the dense path; the CSR path (.columns)
 @pytest.mark.parametrize("opt", [optim.SGD, optim.ADAM])
-def test_update_flushes_subnormal_state_and_restores_the_fp_mode(opt):
+def test_update_flushes_subnormal_state_and_restores_the_fp_mode(opt, sparse):
     # an input that is always zero, alpha 0: its weights' gradient is zero, so their
     # optimiser state only decays (momentum 0.9 or beta2 0.999 a step); from just above
     # the smallest normal float32 it would become subnormal (slow on x86: the Adam
@@ -347,11 +351,10 @@ def test_update_flushes_subnormal_state_and_restores_the_fp_mode(opt):
     hyper[optim.BETA1], hyper[optim.BETA2], hyper[optim.EPSILON] = 0.9, 0.999, 1e-8
     rows = np.arange(40, dtype=np.int64)
     relu = HIDDEN_ACTIVATIONS["relu"]
-    optim.train_epoch_optim(
-        theta, np.array(sizes, np.int64), offs, activation_offsets(sizes), relu, SOFTMAX,
-        X, T, np.ones(40, np.float32), rows, 4, optim.optim_buffers(sizes, 4, np.float32),
-        opt, hyper, state,
-    )  # fmt: skip
+    inputs = csr_rows(X, np.float32) if sparse else X
+    buf = optim.optim_buffers(sizes, 4, np.float32, inputs if sparse else None)
+    args = (theta, np.array(sizes, np.int64), offs, activation_offsets(sizes), relu, SOFTMAX)
+    optim.run_epoch(args, inputs, T, np.ones(40, np.float32), rows, 4, buf, opt, hyper, state)
     used = state[: 1 if opt == optim.SGD else 2]  # SGD keeps a velocity only
     assert np.all(used[:, dead] == 0)
     live = np.abs(used[used != 0])
