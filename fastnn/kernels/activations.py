@@ -74,6 +74,30 @@ def _exp(typingctx, x):
     return x(x), codegen
 
 
+@intrinsic
+def _relu(typingctx, x):
+    """``0 if x < 0 else x`` (NaN and -0 kept), as LLVM instructions that vectorise to a
+    maximum and a plain store.
+
+    Written as Numba code, ``a[j] = 0 if a[j] < 0 else a[j]`` lets LLVM see that
+    the store writes back what it loaded unless ``a[j] < 0``, so it stores
+    conditionally: masked vector stores (``vmaskmovps``), slow on AMD's cores;
+    a hidden layer of 100 neurons spent 0.8 ns a value (5 ms of a W5 epoch).
+    ``freeze`` of the loaded value hides that it is the value in memory: then a
+    ``vmaxps`` and a plain store, 0.3 ns a value.
+    """
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = ir.instructions.Instruction(builder.block, args[0].type, "freeze", [args[0]])
+        builder._insert(v)  # llvmlite's IRBuilder has no freeze()
+        zero = ir.Constant(v.type, 0.0)
+        return builder.select(builder.fcmp_ordered("<", v, zero), zero, v)
+
+    return x(x), codegen
+
+
 @njit(inline="always", **_exact_opts)
 def _exp_or_sigmoid(x, sigmoid):
     """``1/(1 + exp(-x))`` if ``sigmoid``, else ``exp(x)``, in the float type of ``x``.
@@ -133,8 +157,7 @@ def _activate(a, act):
         _exp_inplace(a, sigmoid)
     elif act == RELU:
         for j in range(n):
-            if a[j] < _0:
-                a[j] = _0
+            a[j] = _relu(a[j])
     elif act == TANH:
         for j in range(n):
             a[j] = np.tanh(a[j])
