@@ -239,6 +239,10 @@ def test_csr_inputs_train_as_dense_inputs_do(m, used, opt):
     parts = zip(cols.cuts[:-1], cols.cuts[1:])
     need = [np.sort((X[:, k0:k1] != 0).sum(axis=1))[-m:].sum() for k0, k1 in parts]
     assert np.diff(cols.coff).tolist() == need
+    # where each row's non-zeros of each part start, then where the row ends
+    before = [(X[:, :k] != 0).sum(axis=1) for k in cols.cuts[:-1]]
+    want = csr[0][:-1, None] + np.stack(before, axis=1)
+    np.testing.assert_array_equal(cols.starts, np.column_stack([want, csr[0][1:]]))
 
     def run(inputs, threads):
         theta, state, h = theta0.copy(), np.zeros((2, n_params)), hyper.copy()

@@ -8,8 +8,8 @@ about equal numbers of the training set's non-zeros).  The whole epoch is one
 parallel region; a team (:mod:`.team`) meets at two barriers per mini-batch:
 
 1. **by part**: each member owns parts; for every sample of the batch it sums
-   the non-zeros that fall in its part (a binary search finds them in the
-   sample's sorted column indices) over their rows of ``W``: part 0 into the
+   the non-zeros that fall in its part (where they start in each training row is
+   found once a fit, :func:`_part_starts`) over their rows of ``W``: part 0 into the
    activations ``A`` (starting from the bias), part ``q`` into ``Z[q-1]``.
    It also lists its part's non-zeros of the batch by input column;
 2. **by chunk of samples**: ``A += Z[0] + Z[1] + ...`` (in part order), the
@@ -43,7 +43,7 @@ from ..layout import count_params
 from ._jit import _opts
 from ._llvm import _call_native, _flush_subnormals, _prefetch, _restore_fp
 from .activations import _activate
-from .csr import _prefetch_sparse_rows
+from .csr import _prefetch_nonzeros
 from .dense import UPDATE_BLOCK, _backprop_later, _forward_later, update_blocks
 from .lanes import MAX_ROW_VECTORS, _lanes_rows, row_lanes
 from .optim import (
@@ -61,7 +61,7 @@ from .optim import (
 from .team import _PATIENCE, _barrier, _join, member_address
 
 ROW_AHEAD = 4  # the first layer's forward sums prefetch the input row this many samples ahead
-POINTER_AHEAD = 16  # ... and the row's pointer (indptr) this many
+POINTER_AHEAD = 16  # ... and where the row's part starts (``starts``) this many
 
 
 @njit(**_opts)
@@ -128,15 +128,14 @@ def _first_at_least(indices, lo, hi, k):
 
 
 @njit(**_opts)
-def _part_forward(theta, n1, bias, indptr, indices, values, rows, q, nc, k0, k1, dst, bounds,
-                  cp):  # fmt: skip
+def _part_forward(theta, n1, bias, starts, indices, values, rows, q, k0, k1, dst, bounds, cp):
     """Part ``q`` (inputs ``k0:k1``) of the first layer's sums of the batch ``rows``:
     ``dst[i, :n1] = (bias if q == 0 else 0) + sum_p values[p] W^T[indices[p]]`` over
-    sample ``i``'s non-zeros in the part, whose positions ``[pb, pe)`` go to
-    ``bounds[i]``.
+    sample ``i``'s non-zeros in the part, whose positions ``[pb, pe)`` (from
+    ``starts``, :func:`_part_starts`) go to ``bounds[i]``.
 
-    The non-zeros of random rows of the training set are prefetched ``ROW_AHEAD``
-    samples ahead, and a row's pointer ``indptr[r]`` (a cache miss of its own)
+    The part's non-zeros of random rows of the training set are prefetched
+    ``ROW_AHEAD`` samples ahead, and where they start (a cache miss of its own)
     ``POINTER_AHEAD``: W5 epochs 0.94-0.98x and then 0.965-0.976x the time
     without (docs/performance-notes.md)."""
     m = rows.shape[0]
@@ -146,14 +145,12 @@ def _part_forward(theta, n1, bias, indptr, indices, values, rows, q, nc, k0, k1,
         cp[k] = 0
     for i in range(m):
         if i + POINTER_AHEAD < m:
-            _prefetch(indptr, rows[i + POINTER_AHEAD])
+            _prefetch(starts[rows[i + POINTER_AHEAD]], q)
         if i + ROW_AHEAD < m:
-            _prefetch_sparse_rows(indptr, indices, values, rows[i + ROW_AHEAD : i + ROW_AHEAD + 1])
-        r = rows[i]
-        p0 = indptr[r]
-        p1 = indptr[r + 1]
-        pb = p0 if q == 0 else _first_at_least(indices, p0, p1, k0)
-        pe = p1 if q == nc - 1 else _first_at_least(indices, pb, p1, k1)
+            ahead = starts[rows[i + ROW_AHEAD]]
+            _prefetch_nonzeros(indices, values, ahead[q], ahead[q + 1])
+        pb = starts[rows[i], q]
+        pe = starts[rows[i], q + 1]
         bounds[i, 0] = pb
         bounds[i, 1] = pe
         a = dst[i, 0:n1]
@@ -236,7 +233,7 @@ def _account(stats, sq, par, nc, s, mb, alpha, acc):
 
 
 @njit(**_opts)
-def _columns_member(slot, team, theta, sizes, offs, aoff, hid, out, indptr, indices, values, T, w,
+def _columns_member(slot, team, theta, sizes, offs, aoff, hid, out, starts, indices, values, T, w,
                     perm, m, opt, hyper, V, M2, ident, A, D, G, Z, bounds, cuts, cp, fill, coff,
                     cs, cv, blocks, sq, stats, acc, sync):  # fmt: skip
     """Member ``slot`` of a team of ``team`` (:func:`train_epoch_columns`)."""
@@ -257,8 +254,8 @@ def _columns_member(slot, team, theta, sizes, offs, aoff, hid, out, indptr, indi
         for q in range(slot, nc, team):
             dst = A if q == 0 else Z[q - 1]
             k0, k1 = cuts[q], cuts[q + 1]
-            _part_forward(theta, n1, bias, indptr, indices, values, rows, q, nc, k0, k1, dst,
-                          bounds[q], cp[q])  # fmt: skip
+            _part_forward(theta, n1, bias, starts, indices, values, rows, q, k0, k1, dst, bounds[q],
+                          cp[q])  # fmt: skip
             csq, cvq = cs[coff[q] : coff[q + 1]], cv[coff[q] : coff[q + 1]]
             _part_columns(indices, values, bounds[q], mb, k0, k1, cp[q], fill[q], csq, cvq)
         phase += 1
@@ -301,7 +298,7 @@ def _columns_member(slot, team, theta, sizes, offs, aoff, hid, out, indptr, indi
 
 
 @njit(parallel=True, **_opts)
-def _train_epoch_columns(member, want, theta, sizes, offs, aoff, hid, out, indptr, indices, values,
+def _train_epoch_columns(member, want, theta, sizes, offs, aoff, hid, out, starts, indices, values,
                          T, w, perm, m, opt, hyper, V, M2, ident, A, D, G, Z, bounds, cuts, cp,
                          fill, coff, cs, cv, blocks, sq, stats, acc, sync):  # fmt: skip
     """The parallel region of :func:`train_epoch_columns`; ``member`` is the address of
@@ -314,7 +311,7 @@ def _train_epoch_columns(member, want, theta, sizes, offs, aoff, hid, out, indpt
         slot, team = _join(sync, want, _PATIENCE)
         if slot >= 0:
             _call_native(member, (np.int64(slot), np.int64(team), theta, sizes, offs, aoff, hid,
-                                  out, indptr, indices, values, T, w, perm, m, opt, hyper, V, M2,
+                                  out, starts, indices, values, T, w, perm, m, opt, hyper, V, M2,
                                   ident, A, D, G, Z, bounds, cuts, cp, fill, coff, cs, cv, blocks,
                                   sq, stats, acc, sync))  # fmt: skip
     n = perm.shape[0]
@@ -333,6 +330,8 @@ class ColumnBuffers(NamedTuple):
     ``nc`` parts (``n1`` first-layer neurons)."""
 
     Z: np.ndarray  # (max(nc - 1, 1), m, n1) partial sums of parts 1..nc-1
+    starts: np.ndarray  # (n_rows, nc + 1) int64 where each row's non-zeros of each part start,
+    # then where the row ends (:func:`_part_starts`)
     bounds: np.ndarray  # (nc, m, 2) int64 each sample's positions in each part
     cuts: np.ndarray  # (nc + 1,) int64 the parts' first inputs, then n_in
     cp: np.ndarray  # (nc, n_in + 1) int64 column pointers of each part's lists
@@ -359,16 +358,20 @@ def _column_counts(indices, n_in):
 
 
 @njit(**_opts)
-def _part_row_counts(indptr, indices, cuts, counts):
-    """``counts[q, r]``: the non-zeros of row ``r`` in part ``q`` (inputs ``cuts[q]:cuts[q+1]``)."""
+def _part_starts(indptr, indices, cuts, starts):
+    """``starts[r, q]``: the first position of row ``r``'s non-zeros in part ``q`` (inputs
+    ``cuts[q]:cuts[q+1]``); ``starts[r, nc]`` where the row ends.
+
+    Found once a fit: with a binary search per sample and part in every step,
+    and the whole rows prefetched, W5 fits took 1.05x the time on two threads
+    and 1.09-1.14x on one (docs/performance-notes.md)."""
     nc = cuts.shape[0] - 1
     for r in range(indptr.shape[0] - 1):
-        pb = indptr[r]
         p1 = indptr[r + 1]
-        for q in range(nc):
-            pe = p1 if q == nc - 1 else _first_at_least(indices, pb, p1, cuts[q + 1])
-            counts[q, r] = pe - pb
-            pb = pe
+        starts[r, 0] = indptr[r]
+        for q in range(1, nc):
+            starts[r, q] = _first_at_least(indices, starts[r, q - 1], p1, cuts[q])
+        starts[r, nc] = p1
 
 
 def column_cuts(indices, n_in, nc):
@@ -387,11 +390,11 @@ def column_buffers(sizes, offs, m, dtype, csr):
     n_in, n1 = int(sizes[0]), int(sizes[1])
     nc = int(optim_chunks(m, count_params(sizes), n_in))
     cuts = column_cuts(csr[1], n_in, nc)
+    starts = np.empty((len(csr[0]) - 1, nc + 1), np.int64)
+    _part_starts(csr[0], csr[1], cuts, starts)
     # a part's lists hold at most its non-zeros of the m rows that have the most there
-    counts = np.empty((nc, len(csr[0]) - 1), np.int64)
-    _part_row_counts(csr[0], csr[1], cuts, counts)
     coff = np.zeros(nc + 1, np.int64)
-    for q, row in enumerate(counts):
+    for q, row in enumerate(np.diff(starts, axis=1).T):
         top = row if m >= len(row) else -np.partition(-row, m)[:m]
         coff[q + 1] = coff[q] + int(top.sum())
     rb = max(1, UPDATE_BLOCK // n1)  # first-layer rows per update block
@@ -408,6 +411,7 @@ def column_buffers(sizes, offs, m, dtype, csr):
     blocks = np.array(first + later, np.int64).reshape(-1, 5)
     return ColumnBuffers(
         np.zeros((max(nc - 1, 1), m, n1), dtype),
+        starts,
         np.zeros((nc, m, 2), np.int64),
         cuts,
         np.zeros((nc, n_in + 1), np.int64),
@@ -429,10 +433,10 @@ def train_epoch_columns(theta, sizes, offs, aoff, hid, out, csr, T, w, perm, m, 
     members (``buf``: the driver's :class:`.optim.OptimBuffers`, whose ``cols`` are
     :class:`ColumnBuffers`).  Returns the sum over steps of (step loss x step size) and
     the number classified correctly."""
-    indptr, indices, values = csr
+    indices, values = csr[1:]
     ident, A, D, G = buf[:4]
     c = buf[-1]
-    args = (theta, sizes, offs, aoff, hid, out, indptr, indices, values, T, w, perm,
+    args = (theta, sizes, offs, aoff, hid, out, c.starts, indices, values, T, w, perm,
             np.int64(m), opt, hyper, state[0], state[1], ident, A, D, G, c.Z, c.bounds, c.cuts,
             c.cp, c.fill, c.coff, c.cs, c.cv, c.blocks, c.sq, c.stats, c.acc, c.sync)  # fmt: skip
     member = member_address(_columns_member, args)

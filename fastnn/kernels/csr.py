@@ -131,12 +131,16 @@ def _pack_typed(row, k0, indices, values, p, divisor):
 def _prefetch_sparse_rows(indptr, indices, values, rows):
     """Start loading the non-zeros of the sparse input rows ``rows`` into the cache."""
     for r in range(rows.shape[0]):
-        p0 = indptr[rows[r]]
-        p1 = indptr[rows[r] + 1]
-        for p in range(p0, p1, max(1, 64 // indices.itemsize)):
-            _prefetch(indices, p)
-        for p in range(p0, p1, max(1, 64 // values.itemsize)):
-            _prefetch(values, p)
+        _prefetch_nonzeros(indices, values, indptr[rows[r]], indptr[rows[r] + 1])
+
+
+@njit(**_opts)
+def _prefetch_nonzeros(indices, values, p0, p1):
+    """Start loading the non-zeros at positions ``p0:p1`` into the cache."""
+    for p in range(p0, p1, max(1, 64 // indices.itemsize)):
+        _prefetch(indices, p)
+    for p in range(p0, p1, max(1, 64 // values.itemsize)):
+        _prefetch(values, p)
 
 
 def _row_blocks(n, threads):
