@@ -54,6 +54,11 @@ PARALLEL_UPDATE_MIN = 65536  # networks with fewer parameters update serially
 # 1.3-1.9x faster on an AVX2 CPU, docs/performance-notes.md).  A compile-time
 # constant: Numba freezes it into the kernels, and its caches are per CPU.
 FORWARD_BLOCK = 8 if target_has_avx512() else 4
+# Backpropagation sums 64 inputs x four samples at a time (16 lane vectors of sums) only
+# where they fit in the registers (AVX-512's 32); with AVX2 they are 32 ymm registers and
+# spill, so it takes 16 inputs at a time: W6 fits (256, 128 hidden) 0.80x the time, W5's
+# 100 -> 10 backpropagation 5.7 -> 3.2 ms an epoch (docs/performance-notes.md).
+COMBINE_WIDE = target_has_avx512()
 
 
 @njit(**_dot_opts)
@@ -333,9 +338,10 @@ def _dense_grad(g, woff, boff, n_in, n_out, D, d_col, src, rows, src_col, s0, s1
 @njit(**_opts)
 def _combine_lanes(theta, woff, n_in, n_out, D, i, d_col, a_col, ns):
     """The sums of :func:`_dense_backprop` for samples ``i:i+ns`` (``ns`` a literal 4 or 1)
-    and the inputs of whole lane vectors, 64 then 16 at a time; returns how many inputs."""
+    and the inputs of whole lane vectors, 64 (:data:`COMBINE_WIDE`) then 16 at a time;
+    returns how many inputs."""
     k = 0
-    while k + 4 * LANES <= n_in:
+    while COMBINE_WIDE and k + 4 * LANES <= n_in:
         _lanes_rows_combine(theta, woff + k, n_in, n_out, D, i, d_col, a_col + k, ns, 4)
         k += 4 * LANES
     while k + LANES <= n_in:
