@@ -193,6 +193,38 @@ def test_network_optimizers_match_scikit_learn(settings, density, hidden, m):
     np.testing.assert_allclose(net.parameters, _flat(est.coefs_, est.intercepts_), atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_output_deltas_with_any_targets(dtype):
+    """The softmax output's deltas, log-loss and correct count for class labels (the
+    one-term shortcut) and for other targets: several classes, none, a negative one,
+    a tie; against NumPy."""
+    rng = np.random.default_rng(2)
+    n, k = 12, 10
+    z = rng.normal(size=(n, k)) * 4
+    a = (np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)).astype(dtype)
+    a[3, 2] = 0  # clipped to eps
+    T = np.eye(k, dtype=dtype)[rng.integers(0, k, n)]
+    T[1] = rng.random(k)  # soft targets
+    T[2] = 0  # none
+    T[4, :] = 0
+    T[4, 5] = -0.5  # a negative one alone: the argmax is a zero
+    T[5, [1, 7]] = 0.5  # a tie: the first
+    w = rng.uniform(0.5, 2, n).astype(dtype)
+    rows = rng.permutation(n)
+    A = np.zeros((n, 3 + k), dtype)
+    A[:, 3:] = a[rows]
+    D = np.zeros_like(A)
+    sizes = np.array([5, 3, k], np.int64)
+    aoff = np.array([0, 3], np.int64)
+    total, correct = optim._target_deltas(sizes, aoff, SOFTMAX, T, w, rows, A, D, 0, n)
+    eps = np.finfo(dtype).eps
+    t, p = T[rows].astype(np.float64), np.clip(a[rows].astype(np.float64), eps, 1 - eps)
+    want = (w[rows] * -(t * np.log(p)).sum(axis=1)).sum()
+    assert total == pytest.approx(want, rel=1e-12)
+    np.testing.assert_array_equal(D[:, 3:], (A[:, 3:] - T[rows]) * w[rows, None])
+    assert correct == (a[rows].argmax(axis=1) == T[rows].argmax(axis=1)).sum()
+
+
 def test_optim_chunks_with_csr_inputs():
     """CSR inputs get chunks of at least n_in // 8 samples (their per-chunk costs scale
     with n_in); dense inputs keep chunks of n_params // 1024 samples."""
