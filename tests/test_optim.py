@@ -236,10 +236,11 @@ def test_optim_chunks_with_csr_inputs():
     assert optim.optim_chunks(20, n_params, 784) == 1  # a small step runs serially
 
 
-@pytest.mark.parametrize("m", [16, 250])  # one part; eight parts of the inputs
+# one part, lists packed; eight parts, lists in slots; eight parts, lists packed
+@pytest.mark.parametrize("m,packed", [(16, False), (250, False), (250, True)])
 @pytest.mark.parametrize("used", [60, 5])  # non-zeros in every input; in 5 (empty parts)
 @pytest.mark.parametrize("opt", [optim.SGD, optim.ADAM])
-def test_csr_inputs_train_as_dense_inputs_do(m, used, opt):
+def test_csr_inputs_train_as_dense_inputs_do(m, packed, used, opt, monkeypatch):
     """The CSR path (the first layer split by input columns, ``kernels.columns``) takes the
     dense path's steps to rounding in float64, loss included, with a mini-batch whose
     weights are all zero (no step) and a short last one; bit-identical for any thread
@@ -248,6 +249,9 @@ def test_csr_inputs_train_as_dense_inputs_do(m, used, opt):
 
     from fastnn import runtime
     from fastnn.kernels import columns, csr_rows
+
+    if packed:  # lists packed whatever their length
+        monkeypatch.setattr(columns, "SLOT_MIN", 10**9)
 
     rng = np.random.default_rng(6)
     n, sizes = 1010, [60, 100, 8, 4]
@@ -267,10 +271,16 @@ def test_csr_inputs_train_as_dense_inputs_do(m, used, opt):
     cols = optim.optim_buffers(sizes, m, np.float64, csr).cols
     if m == 250:
         assert len(cols.cuts) == 9 and (np.diff(cols.cuts) == 0).any() == (used == 5)
-    # each part's column lists hold the non-zeros of the m rows with the most in that part
-    parts = zip(cols.cuts[:-1], cols.cuts[1:])
-    need = [np.sort((X[:, k0:k1] != 0).sum(axis=1))[-m:].sum() for k0, k1 in parts]
-    assert np.diff(cols.coff).tolist() == need
+    # lists of 3 non-zeros on average are packed by part; of 50, in fixed slots
+    assert cols.slotted == (m == 250 and not packed)
+    if cols.slotted:  # each input's slot holds as many non-zeros as any m rows have there
+        want = np.minimum((X != 0).sum(axis=0), m)
+        assert all((np.diff(first) == want).all() for first in cols.first)
+    else:  # each part's lists, the non-zeros of the m rows with the most in that part
+        parts = list(zip(cols.cuts[:-1], cols.cuts[1:]))
+        need = [np.sort((X[:, k0:k1] != 0).sum(axis=1))[-m:].sum() for k0, k1 in parts]
+        starts = [cols.first[q, k0] for q, (k0, _) in enumerate(parts)] + [len(cols.cs)]
+        assert np.diff(starts).tolist() == need
     # where each row's non-zeros of each part start, then where the row ends
     before = [(X[:, :k] != 0).sum(axis=1) for k in cols.cuts[:-1]]
     want = csr[0][:-1, None] + np.stack(before, axis=1)
@@ -295,7 +305,7 @@ def test_csr_inputs_train_as_dense_inputs_do(m, used, opt):
         assert got[3:] == want[3:]
         assert all(np.array_equal(a, b) for a, b in zip(got[:2], runs[0][:2]))
         assert got[2:] == runs[0][2:]
-    assert columns.column_cuts(np.zeros(0, np.int16), 60, 3).tolist() == [0, 60, 60, 60]
+    assert columns.column_cuts(np.zeros(60, np.int64), 3).tolist() == [0, 60, 60, 60]
 
 
 def test_network_optimizer_state_carries_over_calls():

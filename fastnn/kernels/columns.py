@@ -11,7 +11,8 @@ parallel region; a team (:mod:`.team`) meets at two barriers per mini-batch:
    the non-zeros that fall in its part (where they start in each training row is
    found once a fit, :func:`_part_starts`) over their rows of ``W``: part 0 into the
    activations ``A`` (starting from the bias), part ``q`` into ``Z[q-1]``.
-   It also lists its part's non-zeros of the batch by input column;
+   It also lists its part's non-zeros of the batch by input column
+   (:func:`_part_forward`);
 2. **by chunk of samples**: ``A += Z[0] + Z[1] + ...`` (in part order), the
    activation, the later layers, the output deltas and the later layers'
    gradients (into the chunk's ``G[c]``), as :func:`.optim.optim_step`'s chunks do;
@@ -60,6 +61,7 @@ from .optim import (
 )
 from .team import _PATIENCE, _barrier, _join, member_address
 
+SLOT_MIN = 16  # fixed list slots when lists hold this many non-zeros on average
 ROW_AHEAD = 4  # the first layer's forward sums prefetch the input row this many samples ahead
 POINTER_AHEAD = 16  # ... and where the row's part starts (``starts``) this many
 
@@ -87,10 +89,11 @@ def _rows_dot(W, woff, ld, idx, val, p0, p1, dst, doff, n):
 
 
 @njit(**_opts)
-def _optimize_first_rows(theta, g, V, M2, lo, hi, n1, D, cp, cs, cv, opt, hyper, inv_s, lr_t):
+def _optimize_first_rows(theta, g, V, M2, lo, hi, n1, D, first, fill, cs, cv, opt, hyper, inv_s,
+                         lr_t):  # fmt: skip
     """:func:`.optim._optimize_block` for a block ``[lo, hi)`` of the first layer's
     transposed ``W``: each input row's gradient ``sum_i x_ik D[i, :n1]`` (over its column
-    list ``cs[cp[k]:cp[k+1]]``, batch positions in order) is summed in registers into
+    list ``cs[first[k]:fill[k]]``, batch positions in order) is summed in registers into
     ``g[lo:hi]`` (zero until then), then the optimiser runs over the whole block; returns
     the block's sum of squared weights before the update.
 
@@ -106,8 +109,8 @@ def _optimize_first_rows(theta, g, V, M2, lo, hi, n1, D, cp, cs, cv, opt, hyper,
     while k * n1 < hi:
         a = max(lo, k * n1)
         b = min(hi, (k + 1) * n1)
-        if cp[k + 1] > cp[k]:
-            _rows_dot(Dflat, a - k * n1, ld, cs, cv, cp[k], cp[k + 1], g, a, b - a)
+        if fill[k] > first[k]:
+            _rows_dot(Dflat, a - k * n1, ld, cs, cv, first[k], fill[k], g, a, b - a)
         k += 1
     # is_w an int64 as _optimize_block passes it (a literal True would compile it again)
     _apply_optimizer(theta, g, V, M2, lo, hi, np.int64(1), opt, hyper, inv_s, lr_t)
@@ -128,11 +131,24 @@ def _first_at_least(indices, lo, hi, k):
 
 
 @njit(**_opts)
-def _part_forward(theta, n1, bias, starts, indices, values, rows, q, k0, k1, dst, bounds, cp):
+def _part_forward(theta, n1, bias, starts, indices, values, rows, q, k0, k1, dst, slotted,
+                  first, fill, cs, cv):  # fmt: skip
     """Part ``q`` (inputs ``k0:k1``) of the first layer's sums of the batch ``rows``:
     ``dst[i, :n1] = (bias if q == 0 else 0) + sum_p values[p] W^T[indices[p]]`` over
-    sample ``i``'s non-zeros in the part, whose positions ``[pb, pe)`` (from
-    ``starts``, :func:`_part_starts`) go to ``bounds[i]``.
+    sample ``i``'s non-zeros in the part (where they start: ``starts``,
+    :func:`_part_starts`), and the part's non-zeros listed by input: input ``k``'s
+    batch positions (ascending) go to ``cs[first[k]:fill[k]]``, their values to ``cv``.
+
+    ``slotted``: each input's list has a fixed slot (``first``, :func:`column_slots`),
+    and each sample's non-zeros are listed right after its sums, while they are in
+    the cache (W5 fits 0.93-0.95x the time on two threads).  Otherwise they are counted
+    there and listed afterwards in a second pass, packed from ``first[k0]`` on
+    (:func:`_list_part`): with lists of a few non-zeros each, as W6's batches of 32
+    give, the slots' lines outgrow the L1 cache (W6 fits 1.22x the time slotted).
+
+    The hot loops index with unsigned integers, which Numba does not check for
+    negative (wraparound) indices: a count and a scatter over W5's mini-batches
+    (one thread, an epoch of MNIST, medians of 7) 0.094-0.109 -> 0.076-0.090 s.
 
     The part's non-zeros of random rows of the training set are prefetched
     ``ROW_AHEAD`` samples ahead, and where they start (a cache miss of its own)
@@ -141,8 +157,8 @@ def _part_forward(theta, n1, bias, starts, indices, values, rows, q, k0, k1, dst
     m = rows.shape[0]
     zero = np.int64(0)  # not a literal: one compile of _rows_dot
     one = np.uint64(1)
-    for k in range(k0, k1 + 1):
-        cp[k] = 0
+    for k in range(k0, k1):
+        fill[k] = first[k] if slotted else 0
     for i in range(m):
         if i + POINTER_AHEAD < m:
             _prefetch(starts[rows[i + POINTER_AHEAD]], q)
@@ -151,8 +167,6 @@ def _part_forward(theta, n1, bias, starts, indices, values, rows, q, k0, k1, dst
             _prefetch_nonzeros(indices, values, ahead[q], ahead[q + 1])
         pb = starts[rows[i], q]
         pe = starts[rows[i], q + 1]
-        bounds[i, 0] = pb
-        bounds[i, 1] = pe
         a = dst[i, 0:n1]
         if q == 0:
             for j in range(n1):
@@ -161,30 +175,40 @@ def _part_forward(theta, n1, bias, starts, indices, values, rows, q, k0, k1, dst
             for j in range(n1):
                 a[j] = 0
         _rows_dot(theta, zero, n1, indices, values, pb, pe, a, zero, n1)
-        for p in range(np.uint64(pb), np.uint64(pe)):  # the column lists' counts
-            cp[np.uint64(indices[p]) + one] += 1
+        if slotted:
+            _list_sample(indices, values, pb, pe, i, fill, cs, cv)
+        else:
+            for p in range(np.uint64(pb), np.uint64(pe)):  # the lists' counts
+                fill[np.uint64(indices[p])] += one
+    if not slotted:
+        _list_part(starts, indices, values, rows, q, k0, k1, first, fill, cs, cv)
 
 
 @njit(**_opts)
-def _part_columns(indices, values, bounds, m, k0, k1, cp, fill, cs, cv):
-    """The batch's non-zeros of inputs ``k0:k1`` by input: input ``k``'s batch positions
-    (ascending) are ``cs[cp[k]:cp[k+1]]``, its values ``cv`` (``bounds[i]``: sample
-    ``i``'s positions in the part).
-
-    The hot loops index with unsigned integers, which Numba does not check for
-    negative (wraparound) indices: a count and a scatter over W5's mini-batches
-    (one thread, an epoch of MNIST, medians of 7) 0.094-0.109 -> 0.076-0.090 s."""
+def _list_sample(indices, values, pb, pe, i, fill, cs, cv):
+    """Sample ``i``'s non-zeros at positions ``pb:pe`` appended to their inputs' lists."""
     one = np.uint64(1)
+    for p in range(np.uint64(pb), np.uint64(pe)):
+        k = np.uint64(indices[p])
+        j = np.uint64(fill[k])
+        cs[j] = i
+        cv[j] = values[p]
+        fill[k] = j + one
+
+
+@njit(**_opts)
+def _list_part(starts, indices, values, rows, q, k0, k1, first, fill, cs, cv):
+    """The packed lists of part ``q`` (inputs ``k0:k1``) of the batch ``rows``, from
+    their counts in ``fill``: input ``k``'s are ``cs[first[k]:fill[k]]``, the part's
+    lists starting at ``first[k0]``."""
+    pos = first[k0]
     for k in range(k0, k1):
-        cp[k + 1] += cp[k]
-        fill[k] = cp[k]
-    for i in range(m):
-        for p in range(np.uint64(bounds[i, 0]), np.uint64(bounds[i, 1])):
-            k = np.uint64(indices[p])
-            j = np.uint64(fill[k])
-            cs[j] = i
-            cv[j] = values[p]
-            fill[k] = j + one
+        n = fill[k]
+        first[k] = pos
+        fill[k] = pos
+        pos += n
+    for i in range(rows.shape[0]):
+        _list_sample(indices, values, starts[rows[i], q], starts[rows[i], q + 1], i, fill, cs, cv)
 
 
 @njit(**_opts)
@@ -234,7 +258,7 @@ def _account(stats, sq, par, nc, s, mb, alpha, acc):
 
 @njit(**_opts)
 def _columns_member(slot, team, theta, sizes, offs, aoff, hid, out, starts, indices, values, T, w,
-                    perm, m, opt, hyper, V, M2, ident, A, D, G, Z, bounds, cuts, cp, fill, coff,
+                    perm, m, opt, hyper, V, M2, ident, A, D, G, Z, cuts, slotted, first, fill,
                     cs, cv, blocks, sq, stats, acc, sync):  # fmt: skip
     """Member ``slot`` of a team of ``team`` (:func:`train_epoch_columns`)."""
     n = perm.shape[0]
@@ -254,10 +278,8 @@ def _columns_member(slot, team, theta, sizes, offs, aoff, hid, out, starts, indi
         for q in range(slot, nc, team):
             dst = A if q == 0 else Z[q - 1]
             k0, k1 = cuts[q], cuts[q + 1]
-            _part_forward(theta, n1, bias, starts, indices, values, rows, q, k0, k1, dst, bounds[q],
-                          cp[q])  # fmt: skip
-            csq, cvq = cs[coff[q] : coff[q + 1]], cv[coff[q] : coff[q + 1]]
-            _part_columns(indices, values, bounds[q], mb, k0, k1, cp[q], fill[q], csq, cvq)
+            _part_forward(theta, n1, bias, starts, indices, values, rows, q, k0, k1, dst, slotted,
+                          first[q], fill[q], cs, cv)  # fmt: skip
         phase += 1
         _barrier(sync, team, phase)
         for c in range(slot, nc, team):
@@ -281,9 +303,9 @@ def _columns_member(slot, team, theta, sizes, offs, aoff, hid, out, starts, indi
                 if blocks[bi, 4] % team != slot:
                     continue
                 if q >= 0:
-                    csq, cvq = cs[coff[q] : coff[q + 1]], cv[coff[q] : coff[q + 1]]
+                    fr, fq = first[q], fill[q]
                     sq[par, bi] = _optimize_first_rows(
-                        theta, G[0], V, M2, lo, hi, n1, D, cp[q], csq, cvq, opt, hyper, inv_s, lr_t
+                        theta, G[0], V, M2, lo, hi, n1, D, fr, fq, cs, cv, opt, hyper, inv_s, lr_t
                     )
                 else:
                     sq[par, bi] = _optimize_block(
@@ -299,8 +321,8 @@ def _columns_member(slot, team, theta, sizes, offs, aoff, hid, out, starts, indi
 
 @njit(parallel=True, **_opts)
 def _train_epoch_columns(member, want, theta, sizes, offs, aoff, hid, out, starts, indices, values,
-                         T, w, perm, m, opt, hyper, V, M2, ident, A, D, G, Z, bounds, cuts, cp,
-                         fill, coff, cs, cv, blocks, sq, stats, acc, sync):  # fmt: skip
+                         T, w, perm, m, opt, hyper, V, M2, ident, A, D, G, Z, cuts, slotted, first,
+                         fill, cs, cv, blocks, sq, stats, acc, sync):  # fmt: skip
     """The parallel region of :func:`train_epoch_columns`; ``member`` is the address of
     :func:`_columns_member` compiled for these arguments."""
     for i in range(sync.shape[0]):
@@ -312,7 +334,7 @@ def _train_epoch_columns(member, want, theta, sizes, offs, aoff, hid, out, start
         if slot >= 0:
             _call_native(member, (np.int64(slot), np.int64(team), theta, sizes, offs, aoff, hid,
                                   out, starts, indices, values, T, w, perm, m, opt, hyper, V, M2,
-                                  ident, A, D, G, Z, bounds, cuts, cp, fill, coff, cs, cv, blocks,
+                                  ident, A, D, G, Z, cuts, slotted, first, fill, cs, cv, blocks,
                                   sq, stats, acc, sync))  # fmt: skip
     n = perm.shape[0]
     nc = cuts.shape[0] - 1
@@ -332,13 +354,12 @@ class ColumnBuffers(NamedTuple):
     Z: np.ndarray  # (max(nc - 1, 1), m, n1) partial sums of parts 1..nc-1
     starts: np.ndarray  # (n_rows, nc + 1) int64 where each row's non-zeros of each part start,
     # then where the row ends (:func:`_part_starts`)
-    bounds: np.ndarray  # (nc, m, 2) int64 each sample's positions in each part
     cuts: np.ndarray  # (nc + 1,) int64 the parts' first inputs, then n_in
-    cp: np.ndarray  # (nc, n_in + 1) int64 column pointers of each part's lists
-    fill: np.ndarray  # (nc, n_in) int64 their fill positions
-    coff: np.ndarray  # (nc + 1,) int64 where each part's lists start in cs and cv
-    cs: np.ndarray  # (coff[nc],) int32 batch positions, by input
-    cv: np.ndarray  # (coff[nc],) values, by input
+    slotted: bool  # each input's list in a fixed slot (else packed by part, each step)
+    first: np.ndarray  # (nc, n_in + 1) int64 where part q's list of input k starts in cs and cv
+    fill: np.ndarray  # (nc, n_in) int64 ... and where it ends (part q's inputs' entries)
+    cs: np.ndarray  # int32 batch positions, by input
+    cv: np.ndarray  # values, by input
     blocks: np.ndarray  # (k, 5) int64 update blocks (start, stop, is_weight, part or -1,
     # unit: member unit % team updates it)
     sq: np.ndarray  # (2, k) float64 squared-weight sums per block, two steps alternating
@@ -374,14 +395,24 @@ def _part_starts(indptr, indices, cuts, starts):
         starts[r, nc] = p1
 
 
-def column_cuts(indices, n_in, nc):
-    """The first input of each of ``nc`` parts, then ``n_in``: consecutive inputs holding
-    about equal numbers of the non-zeros ``indices`` (MNIST in halves of equal input
-    counts would hold 47% and 53%)."""
-    cum = np.cumsum(_column_counts(indices, np.int64(n_in)))
+def column_cuts(counts, nc):
+    """The first input of each of ``nc`` parts, then the number of inputs: consecutive
+    inputs holding about equal numbers of the non-zeros (``counts``: each input's, from
+    :func:`_column_counts`; MNIST in halves of equal input counts would hold 47% and 53%)."""
+    n_in = len(counts)
+    cum = np.cumsum(counts)
     total = cum[-1] if n_in else 0
     inner = np.searchsorted(cum, total * np.arange(1, nc) / nc, side="right")
     return np.concatenate([[0], np.minimum(inner, n_in), [n_in]]).astype(np.int64)
+
+
+def column_slots(counts, m):
+    """Where each input's list of a mini-batch's non-zeros starts (then the end): input
+    ``k`` gets ``min(m, counts[k])`` entries (``counts[k]``: its non-zeros in the
+    training set), as many as any batch of ``m`` rows can hold."""
+    slot = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(np.minimum(counts, m), out=slot[1:])
+    return slot
 
 
 def column_buffers(sizes, offs, m, dtype, csr):
@@ -389,14 +420,24 @@ def column_buffers(sizes, offs, m, dtype, csr):
     as many parts as :func:`.optim.optim_chunks` gives chunks."""
     n_in, n1 = int(sizes[0]), int(sizes[1])
     nc = int(optim_chunks(m, count_params(sizes), n_in))
-    cuts = column_cuts(csr[1], n_in, nc)
-    starts = np.empty((len(csr[0]) - 1, nc + 1), np.int64)
+    counts = _column_counts(csr[1], np.int64(n_in))
+    cuts = column_cuts(counts, nc)
+    n_rows = len(csr[0]) - 1
+    starts = np.empty((n_rows, nc + 1), np.int64)
     _part_starts(csr[0], csr[1], cuts, starts)
-    # a part's lists hold at most its non-zeros of the m rows that have the most there
-    coff = np.zeros(nc + 1, np.int64)
-    for q, row in enumerate(np.diff(starts, axis=1).T):
-        top = row if m >= len(row) else -np.partition(-row, m)[:m]
-        coff[q + 1] = coff[q] + int(top.sum())
+    # lists of SLOT_MIN non-zeros or more on average: fixed slots, filled in one pass
+    active = max(1, int(np.count_nonzero(counts)))
+    slotted = min(m, n_rows) * int(counts.sum()) >= SLOT_MIN * max(1, n_rows) * active
+    if slotted:
+        heads = np.tile(column_slots(counts, m), (nc, 1))
+    else:  # a part's lists hold at most its non-zeros of the m rows with the most there
+        heads = np.zeros((nc, n_in + 1), np.int64)
+        coff = 0
+        for q, row in enumerate(np.diff(starts, axis=1).T):
+            heads[q, cuts[q]] = coff
+            coff += int((row if m >= len(row) else -np.partition(-row, m)[:m]).sum())
+        heads[:, n_in] = coff
+    size = int(heads[0, n_in])
     rb = max(1, UPDATE_BLOCK // n1)  # first-layer rows per update block
     # (start, stop, is_weight, part or -1, unit): member ``unit % team`` updates the block.
     # A part's rows go to its owner; so does the first layer's bias to part 0's, which
@@ -412,13 +453,12 @@ def column_buffers(sizes, offs, m, dtype, csr):
     return ColumnBuffers(
         np.zeros((max(nc - 1, 1), m, n1), dtype),
         starts,
-        np.zeros((nc, m, 2), np.int64),
         cuts,
-        np.zeros((nc, n_in + 1), np.int64),
+        bool(slotted),
+        heads,
         np.zeros((nc, n_in), np.int64),
-        coff,
-        np.zeros(coff[nc], np.int32),
-        np.zeros(coff[nc], dtype),
+        np.zeros(size, np.int32),
+        np.zeros(size, dtype),
         blocks,
         np.zeros((2, len(blocks))),
         np.zeros((2, nc, 2)),
@@ -437,8 +477,8 @@ def train_epoch_columns(theta, sizes, offs, aoff, hid, out, csr, T, w, perm, m, 
     ident, A, D, G = buf[:4]
     c = buf[-1]
     args = (theta, sizes, offs, aoff, hid, out, c.starts, indices, values, T, w, perm,
-            np.int64(m), opt, hyper, state[0], state[1], ident, A, D, G, c.Z, c.bounds, c.cuts,
-            c.cp, c.fill, c.coff, c.cs, c.cv, c.blocks, c.sq, c.stats, c.acc, c.sync)  # fmt: skip
+            np.int64(m), opt, hyper, state[0], state[1], ident, A, D, G, c.Z, c.cuts, c.slotted,
+            c.first, c.fill, c.cs, c.cv, c.blocks, c.sq, c.stats, c.acc, c.sync)  # fmt: skip
     member = member_address(_columns_member, args)
     want = np.int64(max(1, min(want, len(c.cuts) - 1)))
     return _train_epoch_columns(member, want, *args)
