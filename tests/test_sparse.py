@@ -288,6 +288,26 @@ def test_sparse_training_converts_uint8_pixels_without_a_dense_copy():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_keeps_nan_and_negative_zero(dtype):
+    """The relu (a select on a frozen value, ``kernels.activations._relu``) gives
+    ``0 if x < 0 else x`` bit for bit: NaN stays NaN, -0 stays -0, over whole vectors
+    and their tails."""
+    from fastnn.kernels.activations import _activate
+    from fastnn.layout import RELU
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(37).astype(dtype)
+    x[[0, 5, 9, 20, 36]] = [np.nan, -0.0, np.inf, -np.inf, -np.nan]
+    want = np.where(x < 0, dtype(0), x)
+    for n in (37, 16, 8, 3):
+        got = x[:n].copy()
+        _activate(got, RELU)
+        np.testing.assert_array_equal(
+            got.view(f"u{got.itemsize}"), want[:n].view(f"u{got.itemsize}")
+        )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_exp_within_one_ulp_of_numpy(dtype):
     lim = 87.0 if dtype == np.float32 else 708.0
     x = np.concatenate(

@@ -82,7 +82,8 @@ def _relu(typingctx, x):
     Written as Numba code, ``a[j] = 0 if a[j] < 0 else a[j]`` lets LLVM see that
     the store writes back what it loaded unless ``a[j] < 0``, so it stores
     conditionally: masked vector stores (``vmaskmovps``), slow on AMD's cores;
-    a hidden layer of 100 neurons spent 0.8 ns a value (5 ms of a W5 epoch).
+    a hidden layer of 100 neurons spent 0.8 ns a value (4-5 ms of a one-thread W5
+    epoch).
     ``freeze`` of the loaded value hides that it is the value in memory: then a
     ``vmaxps`` and a plain store, 0.3 ns a value.
     """
