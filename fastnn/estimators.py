@@ -184,7 +184,18 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return X, y
 
     def _targets(self, y):
-        return np.ascontiguousarray(self._label_binarizer.transform(y), dtype=self._dtype())
+        """The target matrix: ``LabelBinarizer.transform(y)`` in the estimator's dtype.
+
+        Multiclass labels, all among ``classes_`` (the fit's validation checked
+        them), are one-hot rows set directly: ``transform`` builds a sparse
+        matrix first and takes 5 ms for MNIST's 60,000 labels, the direct way
+        1.5 ms (plus the copy to float32 it no longer needs)."""
+        lb = self._label_binarizer
+        if lb.y_type_ != "multiclass":
+            return np.ascontiguousarray(lb.transform(y), dtype=self._dtype())
+        T = np.zeros((len(y), len(lb.classes_)), self._dtype())
+        T[np.arange(len(y)), np.searchsorted(lb.classes_, y)] = 1
+        return T
 
     def _decode(self, T):
         return self._label_binarizer.inverse_transform(T)

@@ -147,6 +147,29 @@ def test_partial_fit_is_one_pass_as_in_scikit_learn():
         MLPClassifier(solver="lbfgs").partial_fit(X, y, classes=[0, 1, 2])
 
 
+@pytest.mark.parametrize(
+    "y",
+    [
+        np.array([3, -1, 7, 3, 7, 7, -1, 0]),
+        np.array(["b", "a", "c", "a", "b", "c", "c", "a"]),
+        np.array([4.0, 2.0, -1.0, 4.0, 2.0, 2.0, 4.0, -1.0]),
+        np.array(["x", "yy", "x", "zz", "yy", "zz", "x", "x"], dtype=object),
+        np.array([1, 0, 1, 1, 0, 0, 1, 0]),  # binary: LabelBinarizer's one column
+        np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1]] * 2),  # multilabel
+    ],
+)
+def test_targets_are_label_binarizers(y):
+    """The target matrix (one-hot rows set directly for multiclass labels) is what
+    ``LabelBinarizer.transform`` gives, in the estimator's dtype."""
+    from sklearn.preprocessing import LabelBinarizer
+
+    est = MLPClassifier()
+    est._label_binarizer = LabelBinarizer().fit(y)
+    T = est._targets(y)
+    assert T.dtype == np.float32 and T.flags.c_contiguous
+    assert np.array_equal(T, est._label_binarizer.transform(y))
+
+
 def test_float32_by_default_and_close_to_float64():
     X, y = _classification()
     kw = dict(hidden_layer_sizes=(16,), max_iter=20, random_state=0)
