@@ -17,13 +17,13 @@ from sklearn.base import BaseEstimator, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils import shuffle as _shuffle
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import kernels, runtime
 from .kernels import optim
 from .kernels.inference import forward_rows
+from .kernels.shuffle import shuffled
 from .layout import (
     EXP,
     HIDDEN_ACTIVATIONS,
@@ -342,7 +342,7 @@ class _BaseMLP(BaseEstimator):
         try:
             for _ in range(self.max_iter):
                 if self.shuffle:
-                    sample_idx = _shuffle(sample_idx, random_state=self._random_state)
+                    sample_idx = shuffled(sample_idx, self._random_state)  # as scikit-learn
                 total = epoch(sample_idx)
                 self.n_iter_ += 1
                 self.loss_ = total / n

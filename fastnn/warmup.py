@@ -65,6 +65,9 @@ def _compile_group(name, dtype):
         optim.objective(
             *net._kernel_args()[:6], Xf, T, np.ones(len(X), dtype), rows, buf, 0.0, grad
         )
+        from .kernels.shuffle import shuffled
+
+        shuffled(rows, np.random.RandomState(0))  # the estimators' sample order
     elif name == "inspect":
         from . import inspect
 

@@ -23,6 +23,7 @@ module           defines
 ``hybrid``       the ``"hybrid"`` driver (first layer by neuron blocks)
 ``sparse``       the ``"sparse"`` driver
 ``csr``          the CSR form of the inputs (counted, checked and filled by rows)
+``shuffle``      scikit-learn's sample order (NumPy's legacy shuffle) in compiled code
 ``select``       the choice rules, :func:`choose_driver` and :data:`DRIVERS`
 ``buffers``      cache-line aligned allocation
 ``cache``        where compiled kernels are cached; the whole-package cache key
