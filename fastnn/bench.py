@@ -307,7 +307,7 @@ def inference_runs(data, single_images=1000):
 # ----------------------------------------------------------------------------- timing
 
 
-def time_interleaved(runs, rounds, budget, settle=0.0, pause=0.0, alternate=False):
+def time_interleaved(runs, rounds, budget, settle=0.0, pause=0.0, alternate=False, swap=False):
     """Times of each of ``runs`` (scaled to one epoch), timed in turn within every round.
 
     This VM's speed drifts by up to 2x over minutes: each round times every
@@ -329,6 +329,9 @@ def time_interleaved(runs, rounds, budget, settle=0.0, pause=0.0, alternate=Fals
     the others do (over an even number of rounds).  W7's search right after
     the serial one ran 4-12% slower than in the next place, whichever
     search it was (the Dask cluster's or joblib's), even after a 2 s pause.
+
+    ``swap``: every other round times all the runs in reverse order, so that
+    each of a pair goes first as often as the other.
     """
     if settle:
         time.sleep(settle)
@@ -341,6 +344,8 @@ def time_interleaved(runs, rounds, budget, settle=0.0, pause=0.0, alternate=Fals
         order = list(range(len(runs)))
         if alternate and r % 2:
             order[1:] = order[:0:-1]
+        if swap and r % 2:
+            order.reverse()
         for i in order:
             run, ts = runs[i], times[i]
             if pause:

@@ -107,9 +107,13 @@ def estimator_runs(data, quick, rounds, budget, log=print, pause=0.0):
         Run(estimator, len(data.X) * epochs, 1.0 / epochs, threads="all"),
         Run(network, len(data.X) * epochs, 1.0 / epochs, threads="all"),
     ]
-    # a fit of W1 takes about a second and varies by 20% from one to the next on this VM:
-    # three rounds gave 0.91x, 0.94x and 1.12x in three runs, twelve alternated 1.01x
-    times = time_interleaved(runs, rounds if quick else max(rounds, 7), budget, pause=pause)
+    # a fit of W1 takes about a second, and this VM switches between speeds about 1.4x
+    # apart within seconds (both contenders' times fall near 0.09 or near 0.13 s an
+    # epoch): seven rounds, the estimator always first, gave 1.01x-1.37x in four runs of
+    # nearly the same code.  Fifteen rounds, each contender first in every other one.
+    times = time_interleaved(
+        runs, rounds if quick else max(rounds, 15), budget, pause=pause, swap=True
+    )
     flops = train_flops(w["sizes"], len(data.X), w["batch"])
     for cname, run, ts in zip(("fastnn-est", "network-sgd"), runs, times):
         run.note = f"whole fit/SGD call, {epochs} epochs, float32 pixels"

@@ -24,6 +24,10 @@ def test_time_interleaved_alternates_who_follows_the_first_run():
     calls.clear()
     bench.time_interleaved(runs, 2, budget=1e9)
     assert calls == [0, 1, 2] * 3
+    calls.clear()
+    times = bench.time_interleaved(runs[:2], 4, budget=1e9, swap=True)
+    assert calls == [0, 1] + [0, 1, 1, 0, 0, 1, 1, 0]  # each of a pair first every other round
+    assert [len(t) for t in times] == [4, 4]
 
 
 def test_quick_bench_table_json_and_regression_check(tmp_path, capsys):
