@@ -7,9 +7,8 @@ with ``random_interval(i)``, a draw from the MT19937 stream masked to the
 bits of ``i`` and repeated while it exceeds ``i``.  ``RandomState``'s streams
 are frozen by NumPy's compatibility policy (NEP 19), so :func:`shuffle_mt`,
 the same pass over a copy of the generator's state, gives the same order and
-leaves the generator where NumPy would.  ``RandomState.shuffle`` plus
-scikit-learn's indexing took 2.3 ms an epoch of MNIST inside a fit, about
-1.5% of a W5 fit.
+leaves the generator where NumPy would.  Inside a W5 fit (MNIST, 10 epochs)
+scikit-learn's shuffles took 21-25 ms, these 11-12 ms.
 """
 
 import numpy as np
