@@ -36,6 +36,15 @@ def test_same_order_and_generator_state_as_scikit_learn(n, seed):
     assert got_rs.standard_normal() == want_rs.standard_normal()
 
 
+def test_a_fresh_generator_refills_its_words_first():
+    # a newly seeded RandomState stands at position 624: the first draw makes new words
+    want_rs, got_rs = np.random.RandomState(3), np.random.RandomState(3)
+    assert got_rs.get_state()[2] == 624
+    a = np.arange(1000, dtype=np.int64)
+    assert np.array_equal(shuffled(a, got_rs), shuffle(a, random_state=want_rs))
+    assert _same_state(got_rs, want_rs)
+
+
 def test_other_bit_generators_go_through_scikit_learn():
     want_rs = np.random.RandomState(np.random.PCG64(5))
     got_rs = np.random.RandomState(np.random.PCG64(5))
