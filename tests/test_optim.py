@@ -225,6 +225,16 @@ def test_softmax_output_deltas_with_any_targets(dtype):
     assert correct == (a[rows].argmax(axis=1) == T[rows].argmax(axis=1)).sum()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_optim_buffers_rows_are_whole_aligned_cache_lines(dtype):
+    """Each row of the activations and deltas starts on a cache line (the CSR path's
+    gradient reads a sample's deltas once per non-zero; split vector loads cost time)."""
+    buf = optim.optim_buffers([784, 100, 10], 200, dtype)
+    for a in (buf.A, buf.D):
+        assert a.shape == (200, 112) and a.dtype == dtype  # 110 columns in whole lines
+        assert a.ctypes.data % 64 == 0 and a.strides[0] % 64 == 0 and a.flags.c_contiguous
+
+
 def test_optim_chunks_with_csr_inputs():
     """CSR inputs get chunks of at least n_in // 8 samples (their per-chunk costs scale
     with n_in); dense inputs keep chunks of n_params // 1024 samples."""

@@ -42,6 +42,7 @@ from numba import njit, prange
 from ..layout import EXP, SIGMOID, SOFTMAX, layer_offsets
 from ._jit import _dot_opts, _opts
 from ._llvm import _call_native, _flush_subnormals, _restore_fp
+from .buffers import line_aligned_empty, whole_lines
 from .dense import (
     MAX_CHUNKS,
     PARALLEL_UPDATE_MIN,
@@ -484,7 +485,7 @@ class OptimBuffers(NamedTuple):
     """The buffers of :func:`train_epoch_optim` (its argument ``buf``)."""
 
     ident: np.ndarray  # (m,) int64 arange(m)
-    A: np.ndarray  # (m, H) activations
+    A: np.ndarray  # (m, H) activations (H: sum(sizes[1:]) in whole cache lines, aligned)
     D: np.ndarray  # (m, H) deltas
     G: np.ndarray  # (MAX_CHUNKS, n_params) chunk gradients, zero between steps
     blocks: np.ndarray  # (k, 3) int64 update blocks (start, stop, is_weight)
@@ -504,10 +505,16 @@ def optim_buffers(sizes, m, dtype, csr=None):
         from .columns import column_buffers
 
         cols = column_buffers(np.asarray(sizes, np.int64), offs, m, dtype, csr)
+    # Rows of whole cache lines, starting on one: the CSR path's gradient rows read a
+    # sample's deltas (W5: 100 float32 at a stride of 110 began anywhere in a line, and
+    # most 8-lane loads straddled two) once per non-zero.  W5 fits 0.94-0.97x the time,
+    # W7's 784-32-10 0.92-0.97x (docs/performance-notes.md); the drivers of .sparse and
+    # .split lay out theirs the same way.
+    H = whole_lines(H, dtype)
     return OptimBuffers(
         np.arange(m, dtype=np.int64),
-        np.empty((m, H), dtype),
-        np.empty((m, H), dtype),
+        line_aligned_empty((m, H), dtype),
+        line_aligned_empty((m, H), dtype),
         np.zeros((MAX_CHUNKS, n), dtype),
         blocks,
         np.zeros((MAX_CHUNKS, 2)),
