@@ -507,9 +507,10 @@ def optim_buffers(sizes, m, dtype, csr=None):
         cols = column_buffers(np.asarray(sizes, np.int64), offs, m, dtype, csr)
     # Rows of whole cache lines, starting on one: the CSR path's gradient rows read a
     # sample's deltas (W5: 100 float32 at a stride of 110 began anywhere in a line, and
-    # most 8-lane loads straddled two) once per non-zero.  W5 fits 0.94-0.97x the time,
-    # W7's 784-32-10 0.92-0.97x (docs/performance-notes.md); the drivers of .sparse and
-    # .split lay out theirs the same way.
+    # most 8-lane loads straddled two) once per non-zero.  Alternated whole fits: W5
+    # 0.94-1.01x the time on two threads, 0.90-0.98x on one; W7's 784-32-10 0.92-1.10x
+    # and 0.97x (docs/performance-notes.md).  The sparse and split drivers' buffers are
+    # laid out the same way.
     H = whole_lines(H, dtype)
     return OptimBuffers(
         np.arange(m, dtype=np.int64),
