@@ -498,7 +498,6 @@ def optim_buffers(sizes, m, dtype, csr=None):
     """:class:`OptimBuffers` for mini-batches of up to ``m`` samples, with the CSR inputs
     ``csr`` those of :mod:`.columns` too."""
     offs, n = layer_offsets(sizes)
-    H = int(sum(sizes[1:]))
     blocks = update_blocks(sizes, offs)
     cols = ()
     if csr is not None:
@@ -511,7 +510,7 @@ def optim_buffers(sizes, m, dtype, csr=None):
     # 0.94-1.01x the time on two threads, 0.90-0.98x on one; W7's 784-32-10 0.92-1.10x
     # and 0.97x (docs/performance-notes.md).  The sparse and split drivers' buffers are
     # laid out the same way.
-    H = whole_lines(H, dtype)
+    H = whole_lines(int(sum(sizes[1:])), dtype)
     return OptimBuffers(
         np.arange(m, dtype=np.int64),
         line_aligned_empty((m, H), dtype),
