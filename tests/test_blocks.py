@@ -169,8 +169,9 @@ def _plain_backprop(theta, woff, n_in, n_out, D, d_col, A, a_col, s0, s1):
             D[i, a_col + k] = s * (a * (1 - a))
 
 
-# inputs 11 (one by one only), 16 (one lane vector), 83 (4 + 1 vectors + 3), 130 (8 vectors + 2)
-@pytest.mark.parametrize("n_in", [11, 16, 83, 130])
+# inputs 3 (one by one only), 11 (two vectors of 4 + 3), 16 (one lane vector), 83 (4 + 1 lane
+# vectors + 3), 100 (6 lane vectors + one of 4: W5's), 130 (8 lane vectors + 2)
+@pytest.mark.parametrize("n_in", [3, 11, 16, 83, 100, 130])
 @pytest.mark.parametrize("n_out", NEURONS)
 def test_dense_backprop_every_blocking_remainder(n_out, n_in):
     rng = np.random.default_rng(20 + n_out)

@@ -43,7 +43,7 @@ from ..layout import layer_offsets
 from ._jit import _0, _dot_opts, _opts
 from ._llvm import _call_native, target_has_avx512
 from .activations import _activate, _any_nonfinite, _derivative, _output_deltas
-from .lanes import LANES, _lanes_rows_combine
+from .lanes import LANES, NARROW, _lanes_rows_combine
 from .team import member_address
 
 MAX_CHUNKS = 8  # chunks of a mini-batch, at most (every driver)
@@ -338,15 +338,18 @@ def _dense_grad(g, woff, boff, n_in, n_out, D, d_col, src, rows, src_col, s0, s1
 @njit(**_opts)
 def _combine_lanes(theta, woff, n_in, n_out, D, i, d_col, a_col, ns):
     """The sums of :func:`_dense_backprop` for samples ``i:i+ns`` (``ns`` a literal 4 or 1)
-    and the inputs of whole lane vectors, 64 (:data:`COMBINE_WIDE`) then 16 at a time;
-    returns how many inputs."""
+    and the inputs of whole vectors, 64 (:data:`COMBINE_WIDE`), then 16, then 4 at a
+    time; returns how many inputs."""
     k = 0
     while COMBINE_WIDE and k + 4 * LANES <= n_in:
-        _lanes_rows_combine(theta, woff + k, n_in, n_out, D, i, d_col, a_col + k, ns, 4)
+        _lanes_rows_combine(theta, woff + k, n_in, n_out, D, i, d_col, a_col + k, ns, 4, LANES)
         k += 4 * LANES
     while k + LANES <= n_in:
-        _lanes_rows_combine(theta, woff + k, n_in, n_out, D, i, d_col, a_col + k, ns, 1)
+        _lanes_rows_combine(theta, woff + k, n_in, n_out, D, i, d_col, a_col + k, ns, 1, LANES)
         k += LANES
+    while k + NARROW <= n_in:
+        _lanes_rows_combine(theta, woff + k, n_in, n_out, D, i, d_col, a_col + k, ns, 1, NARROW)
+        k += NARROW
     return k
 
 
@@ -355,7 +358,7 @@ def _dense_backprop(theta, woff, n_in, n_out, D, d_col, A, a_col, act, s0, s1):
     """D[i, a_col+k] = (sum_j W[j, k] * D[i, d_col+j]) * act'(A[i, a_col+k]).
 
     Four samples at a time (then one by one) and 64 inputs at a time (then
-    16, then one by one), the sums held in registers over ``j``
+    16, then 4, then one by one), the sums held in registers over ``j``
     (:func:`.lanes._lanes_rows_combine`); each sum runs over ``j`` in order,
     one multiply-add per term.
     """
