@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from fastnn.kernels._jit import _opts
+from fastnn.kernels.activations import SOFTMAX_BLOCK, _activate, _activate_rows
 from fastnn.kernels.columns import _rows_dot
 from fastnn.kernels.dense import _dense_backprop, _dense_forward, _dense_grad
 from fastnn.kernels.lanes import LANES, _lanes_sparse_axpy, _lanes_sparse_dot
-from fastnn.layout import SIGMOID
+from fastnn.layout import SIGMOID, SOFTMAX
 
 
 @numba.njit
@@ -190,3 +191,34 @@ def test_dense_backprop_every_blocking_remainder(n_out, n_in):
         _dense_backprop(theta, woff, n_in, n_out, D, 2 + n_in, A, 2, SIGMOID, s0, s0 + count)
         np.testing.assert_allclose(D, want, rtol=1e-12, atol=1e-12)
         assert np.array_equal(D, plain)  # the same sums in the same order
+
+
+@numba.njit(**_opts)
+def _softmax_each_row(A, s0, s1, col, n):
+    for i in range(s0, s1):
+        _activate(A[i, col : col + n], SOFTMAX)
+
+
+# outputs 1, 2, 10 (W5's: 12 rows a block), 13, 64 (2 rows), 65 and 200 (a row at a time)
+@pytest.mark.parametrize("n", [1, 2, 10, 13, SOFTMAX_BLOCK // 2, SOFTMAX_BLOCK // 2 + 1, 200])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_rows_in_blocks_round_as_row_by_row(n, dtype):
+    """The softmax of a block of rows has the bits of the softmax row by row, for every
+    block remainder, with rows holding NaN, infinities and values beyond exp's range."""
+    rng = np.random.default_rng(n)
+    A = (rng.standard_normal((SOFTMAX_BLOCK + 10, n + 5)) * 30).astype(dtype)
+    A[4, 3] = np.nan
+    A[6, 2:] = np.inf
+    A[7, 3] = -np.inf
+    A[9, 2:] = 1e30
+    for s0, s1 in [(0, 40), (3, 4), (5, 14), (1, 2 + SOFTMAX_BLOCK // n)]:
+        want, got = A.copy(), A.copy()
+        _softmax_each_row(want, s0, s1, 2, n)
+        _activate_rows(got, s0, s1, 2, n, SOFTMAX)
+        np.testing.assert_array_equal(got, want)
+    x = A[10:20, 2 : 2 + n].astype(np.float64)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    _activate_rows(A, 10, 20, 2, n, SOFTMAX)
+    # exp clamps its argument to float32's range: about 1e-38 where NumPy gives 0
+    tol = dict(rtol=1e-5, atol=1e-37) if dtype == np.float32 else dict(rtol=1e-13, atol=0)
+    np.testing.assert_allclose(A[10:20, 2 : 2 + n], e / e.sum(axis=1, keepdims=True), **tol)

@@ -8,6 +8,7 @@ Each is a Numba ``@intrinsic`` that emits a few LLVM instructions:
 * :func:`_yield_cpu` (``sched_yield``) and :func:`_spin_pause` (x86 ``pause``)
   -- what a waiting team member does;
 * :func:`_call_native` -- a call of a compiled team member by its address;
+* :func:`_stack_values` -- a small scratch array on the caller's stack;
 * :func:`_flush_subnormals` and :func:`_restore_fp` -- the x86 MXCSR's
   flush-to-zero mode around the optimiser's update (:mod:`.optim`);
 * :func:`_compress_nonzeros` -- ``llvm.masked.compressstore``: the non-zeros
@@ -225,6 +226,26 @@ def _call_native(typingctx, address, args):
         with cgutils.if_unlikely(builder, status.is_error):
             context.call_conv.return_status_propagate(builder, status)
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _stack_values(typingctx, like, n):
+    """A pointer to ``n`` (a literal) values of the dtype of the array ``like``, on the
+    stack of the calling function (reserved in its entry block, once: no allocation per
+    call), aligned to a cache line; ``numba.carray`` makes an array of it, valid until
+    that function returns."""
+    if not (isinstance(like, types.Array) and isinstance(n, types.IntegerLiteral)):
+        return None
+    sig = types.CPointer(like.dtype)(like, n)
+
+    def codegen(context, builder, signature, args):
+        ty = context.get_value_type(like.dtype)
+        with builder.goto_entry_block():
+            slot = builder.alloca(ir.ArrayType(ty, n.literal_value))
+        slot.align = 64
+        return builder.bitcast(slot, ty.as_pointer())
 
     return sig, codegen
 

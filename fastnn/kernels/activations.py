@@ -8,12 +8,15 @@ Activation codes come from :mod:`fastnn.layout`.
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import carray, njit, types
 from numba.extending import intrinsic
 
-from ..layout import CROSS_ENTROPY, EXP, IDENTITY, QUADRATIC, RELU, SIGMOID, TANH
+from ..layout import CROSS_ENTROPY, EXP, IDENTITY, QUADRATIC, RELU, SIGMOID, SOFTMAX, TANH
 from ._jit import _0, _1, _dot_opts, _exact_opts, _opts
-from ._llvm import floor_ir, fma_ir, times_pow2_ir
+from ._llvm import _stack_values, floor_ir, fma_ir, times_pow2_ir
+
+SOFTMAX_BLOCK = 128  # values: the softmax of rows of n outputs runs its exps for
+# SOFTMAX_BLOCK // n rows at a time (:func:`_softmax_rows`)
 
 # exp(r) on |r| <= ln(2)/2 as a polynomial: Taylor terms to r**7 in float32 (truncation
 # below 2e-8, under one ulp) and to r**13 in float64 (below 1e-17).
@@ -180,6 +183,57 @@ def _activate(a, act):
         inv = _1 / s
         for j in range(n):
             a[j] *= inv
+
+
+@njit(**_opts)
+def _softmax_rows(A, s0, s1, col, n):
+    """The softmax of each row ``A[i, col:col + n]``, ``i`` in ``[s0, s1)``, in place, for
+    ``n <= SOFTMAX_BLOCK // 2``.
+
+    The same values as :func:`_activate` row by row (the maximum, the
+    differences, ``exp``, the sum in order, one division), but the exps of
+    ``SOFTMAX_BLOCK // n`` rows at a time run as one call of :func:`_exp_inplace`
+    on a scratch array on the stack: row by row, 10 outputs were a vector of 8
+    and two scalar ``exp``s whose latency the next row did not hide.  One
+    thread, 60,000 rows of 10: 166 cycles a row row by row, 40 in blocks of 8
+    rows (70 for 2, 56 for 4).
+    """
+    rows = SOFTMAX_BLOCK // n
+    buf = carray(_stack_values(A, SOFTMAX_BLOCK), SOFTMAX_BLOCK)
+    i = s0
+    while i < s1:
+        k = min(rows, s1 - i)
+        for t in range(k):
+            a = A[i + t, col : col + n]
+            b = buf[t * n : (t + 1) * n]
+            zmax = a[0]
+            for j in range(1, n):
+                zmax = a[j] if a[j] > zmax else zmax
+            for j in range(n):
+                b[j] = a[j] - zmax
+        _exp_inplace(buf[0 : k * n])
+        for t in range(k):
+            a = A[i + t, col : col + n]
+            b = buf[t * n : (t + 1) * n]
+            s = b[0] - b[0]
+            for j in range(n):
+                s += b[j]
+            inv = _1 / s
+            for j in range(n):
+                a[j] = b[j] * inv
+        i += k
+
+
+@njit(**_opts)
+def _activate_rows(A, s0, s1, col, n, act):
+    """Activation ``act`` in place on each row ``A[i, col:col + n]``, ``i`` in ``[s0, s1)``
+    (the softmax of rows of up to ``SOFTMAX_BLOCK // 2`` in blocks of rows,
+    :func:`_softmax_rows`)."""
+    if act == SOFTMAX and 2 * n <= SOFTMAX_BLOCK:
+        _softmax_rows(A, s0, s1, col, n)
+    else:
+        for i in range(s0, s1):
+            _activate(A[i, col : col + n], act)
 
 
 @njit(**_opts)

@@ -42,7 +42,7 @@ from numba import njit, prange
 from ..layout import layer_offsets
 from ._jit import _0, _dot_opts, _opts
 from ._llvm import _call_native, target_has_avx512
-from .activations import _activate, _any_nonfinite, _derivative, _output_deltas
+from .activations import _activate_rows, _any_nonfinite, _derivative, _output_deltas
 from .lanes import LANES, NARROW, _lanes_rows_combine
 from .team import member_address
 
@@ -406,9 +406,7 @@ def _forward_chunk(theta, sizes, offs, aoff, hid, out, X, rows, ident, A, s0, s1
                 theta, offs[l], boff, n_in, n_out, A, ident, aoff[l - 1], A, aoff[l], s0, s1
             )
         bad += _any_nonfinite(A, s0, s1, aoff[l], aoff[l] + n_out)
-        act = out if l == L - 1 else hid
-        for i in range(s0, s1):
-            _activate(A[i, aoff[l] : aoff[l] + n_out], act)
+        _activate_rows(A, s0, s1, aoff[l], n_out, out if l == L - 1 else hid)
     return bad  # (finite pre-activations give finite outputs: no check after the last)
 
 
@@ -620,9 +618,7 @@ def _forward_later(P, offp, sizes, aoff, hid, out, A, ident, s0, s1):
         n_in, n_out = sizes[l], sizes[l + 1]
         boff = offp[l] + n_in * n_out
         _dense_forward(P, offp[l], boff, n_in, n_out, A, ident, aoff[l - 1], A, aoff[l], s0, s1)
-        act = out if l == L - 1 else hid
-        for i in range(s0, s1):
-            _activate(A[i, aoff[l] : aoff[l] + n_out], act)
+        _activate_rows(A, s0, s1, aoff[l], n_out, out if l == L - 1 else hid)
 
 
 @njit(**_opts)

@@ -24,7 +24,7 @@ from numba import njit, prange
 from ..layout import count_params
 from ._jit import _0, _1, _dot_opts, _opts
 from ._llvm import _call_native, _prefetch
-from .activations import _activate, _output_deltas
+from .activations import _activate, _activate_rows, _output_deltas
 from .buffers import _copy, line_aligned_empty, whole_lines
 from .dense import MAX_CHUNKS, _dense_backprop, _dense_forward, _dense_grad, _update_block
 from .team import _PATIENCE, _barrier, _join, member_address
@@ -330,9 +330,7 @@ def _team_member(
                 zero,
                 mb,
             )
-            act = out if l == L - 1 else hid
-            for i in range(mb):
-                _activate(At[i, aoff[l] : aoff[l] + sizes[l + 1]], act)
+            _activate_rows(At, zero, mb, aoff[l], sizes[l + 1], out if l == L - 1 else hid)
         c, ok = _output_deltas(sizes, aoff, out, cost, y, rows, At, Dt, zero, mb)
         total += c
         correct += ok
