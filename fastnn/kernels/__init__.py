@@ -8,7 +8,7 @@ module           defines
 ``_jit``         compile options (``_opts``, ``_dot_opts``, ``_exact_opts``),
                  float32 constants
 ``_llvm``        LLVM intrinsics: prefetch, atomics, pause/yield, ``p * 2**k``,
-                 ``fma``, compress-store
+                 ``fma``, compress-store, a scratch array on the stack
 ``lanes``        16-neuron lane vectors in LLVM IR: sparse inputs, row sums
 ``activations``  vectorised ``exp``, activations, derivatives, output deltas
 ``dense``        blocked forward / gradient / backprop, the ``"samples"`` driver,

@@ -2,8 +2,9 @@
 
 ``exp`` is computed in vector registers (:func:`_exp_inplace`): no libm call,
 within one ulp of ``np.exp`` (tested), in blocks of 16 and 8 with constant
-trip counts because activation vectors are short.  Sigmoid and softmax use it.
-Activation codes come from :mod:`fastnn.layout`.
+trip counts because activation vectors are short.  Sigmoid and softmax use it;
+a softmax layer of a few outputs runs the exps of a block of rows at once
+(:func:`_activate_rows`).  Activation codes come from :mod:`fastnn.layout`.
 """
 
 import numpy as np
