@@ -268,7 +268,7 @@ def _columns_member(slot, team, theta, sizes, offs, aoff, hid, out, starts, indi
     t = hyper[STEP]
     phase = 0
     prev_s = 0.0
-    prev_mb = 0
+    prev_mb = np.int64(0)  # not a literal: a Literal[int](0) step size compiled _account twice
     st = 0
     for b0 in range(0, n, m):
         b1 = min(b0 + m, n)

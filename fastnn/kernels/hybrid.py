@@ -79,7 +79,7 @@ def _hybrid_member(
     )
     for i in range(first.shape[0]):
         _activate(A[i, j0:j1], hid)
-    phase = 1
+    phase = np.int64(1)  # not a literal: a Literal[int](1) compiles _barrier again
     _barrier(sync, team, phase)
     for b0 in range(0, n, m):
         b1 = min(b0 + m, n)

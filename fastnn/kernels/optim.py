@@ -330,7 +330,8 @@ def optim_step(
     V = state[0]
     M2 = state[1]
     m = rows.shape[0]
-    nc = np.int64(optim_chunks(m, G.shape[1]))  # int64 as member_addresses typed it
+    # int64 as member_addresses typed it; n_listed given: left out, it compiled a second copy
+    nc = np.int64(optim_chunks(m, G.shape[1], np.int64(0)))
     if nc == 1:  # no parallel region: waking the threads would cost more than the step
         _call_native(chunk, (np.int64(0), nc, theta, sizes, offs, aoff, hid, out, X, T, w, rows,
                              ident, A, D, G, stats))  # fmt: skip

@@ -304,7 +304,7 @@ def _team_member(
     _prefetch_rows(X, perm[0 : min(2 * m, n)], n_in)
     for j in range(j0, j1, 2):
         _rows_forward(theta, bias, n_in, j, min(2, j1 - j), X, perm[0 : min(m, n)], E[0], hid)
-    phase = 1
+    phase = np.int64(1)  # not a literal: a Literal[int](1) compiles _barrier again
     _barrier(sync, team, phase)
     for b0 in range(0, n, m):
         b1 = min(b0 + m, n)
