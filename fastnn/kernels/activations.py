@@ -201,8 +201,8 @@ def _softmax_rows(A, s0, s1, col, n):
     """
     rows = SOFTMAX_BLOCK // n
     buf = carray(_stack_values(A, SOFTMAX_BLOCK), SOFTMAX_BLOCK)
-    # False, but a run-time bool as _activate passes: the argument left out would compile
-    # a second _exp_inplace (about 1.2 s of a cold start)
+    # False, but a run-time bool as _activate passes: the argument left out compiled a
+    # second _exp_inplace (a compile event of 1.2-1.4 s in a cold start)
     sigmoid = n < 0
     i = s0
     while i < s1:
