@@ -20,7 +20,7 @@ from numba import njit, prange
 from ..layout import count_params
 from ._jit import _1, _opts
 from ._llvm import _call_native
-from .activations import _activate
+from .activations import _activate_rows
 from .buffers import _copy, line_aligned_empty, whole_lines
 from .dense import (
     MAX_CHUNKS,
@@ -77,8 +77,7 @@ def _hybrid_member(
     _dense_forward(
         theta, j0 * n_in, b1off + j0, n_in, nj, X, first, zero, A, j0, zero, first.shape[0]
     )
-    for i in range(first.shape[0]):
-        _activate(A[i, j0:j1], hid)
+    _activate_rows(A, zero, first.shape[0], j0, nj, hid)
     phase = np.int64(1)  # not a literal: a Literal[int](1) compiles _barrier again
     _barrier(sync, team, phase)
     for b0 in range(0, n, m):
@@ -117,8 +116,7 @@ def _hybrid_member(
             _dense_forward(
                 theta, j0 * n_in, b1off + j0, n_in, nj, X, nxt, zero, A, j0, zero, nxt.shape[0]
             )
-            for i in range(nxt.shape[0]):
-                _activate(A[i, j0:j1], hid)
+            _activate_rows(A, zero, nxt.shape[0], j0, nj, hid)
             phase += 1
             _barrier(sync, team, phase)
     if slot == 0:
